@@ -1,0 +1,3 @@
+"""mmtlab: multimodal transformers as configurations."""
+
+__version__ = "0.1.0"
