@@ -1,0 +1,57 @@
+"""Output heads: contrastive projection, masked-language-model head, pooling."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def pool(x: Tensor, mask: Tensor | None, how: str) -> Tensor:
+    """'cls': first token; 'mean': mean over real (unpadded) tokens."""
+    if how == "cls":
+        return x[:, 0]
+    if mask is None:
+        return x.mean(1)
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class ContrastiveHead(nn.Module):
+    """Linear projections to a joint space and the learned temperature of CLIP.
+
+    The logit scale starts at 1/0.07 and is clamped at 100, as in CLIP / open_clip.
+    """
+
+    max_scale = 100.0
+
+    def __init__(self, dim: int, embed_dim: int, init_scale: float = 1 / 0.07):
+        super().__init__()
+        self.text_proj = nn.Linear(dim, embed_dim, bias=False)
+        self.image_proj = nn.Linear(dim, embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+
+    def scale(self) -> Tensor:
+        return self.logit_scale.exp().clamp(max=self.max_scale)
+
+    def embed_text(self, pooled: Tensor) -> Tensor:
+        return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def embed_image(self, pooled: Tensor) -> Tensor:
+        return F.normalize(self.image_proj(pooled), dim=-1)
+
+
+class MLMHead(nn.Module):
+    """BERT's transform (dense, GELU, LayerNorm) and a decoder tied to the token embedding."""
+
+    def __init__(self, dim: int, vocab_size: int):
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, x: Tensor, token_embedding: Tensor) -> Tensor:
+        # The embedding matrix is passed in rather than held, so the checkpoint stores it once.
+        return F.linear(self.norm(F.gelu(self.dense(x))), token_embedding, self.bias)

@@ -1,0 +1,110 @@
+"""Transformer sub-layers: multi-head attention over a query set and a key set, and the MLP.
+
+Everything here is modality-agnostic; `fusion.py` decides which tokens are queries and keys.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.fc2(F.gelu(self.fc1(x))))
+
+
+class Attention(nn.Module):
+    """Multi-head attention whose queries and keys/values may come from different token sets.
+
+    `project_qkv` is separate from `attend` so a fusion layer can project every modality once
+    with its own weights and then let each query modality attend over any concatenation of keys.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return q, k, v  # each [B, H, N, D/H]
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool = False) -> Tensor:
+        """`mask` is boolean [B, 1|H, Nq, Nk], True where a query may attend."""
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+        b, h, n, dh = out.shape
+        return self.proj(out.transpose(1, 2).reshape(b, n, h * dh))
+
+
+class CrossAttention(nn.Module):
+    """Queries from one stream, keys/values from a context (decoder-style; MaMMUT, CoCa, Flamingo)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        b, n, d = context.shape
+        k, v = self.kv(context).view(b, n, 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], mask: Tensor | None = None) -> Tensor:
+        b, n, d = x.shape
+        q = self.q(x).view(b, n, self.heads, d // self.heads).transpose(1, 2)
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, dropout_p=p)
+        if mask is not None:
+            # A query with no visible key (Flamingo: text before the first image) gets exactly zero.
+            out = out.masked_fill(~mask.any(-1, keepdim=True), 0.0)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+def key_mask(
+    key_masks: list[Tensor | None],
+    key_lengths: list[int],
+    causal_block: int | None,
+    n_queries: int,
+    device: torch.device,
+) -> Tensor | None:
+    """Boolean attention mask [B|1, 1, Nq, Nk] for keys that are a concatenation of blocks.
+
+    `key_masks[i]` is [B, len_i] (True = real token) or None (no padding). `causal_block` is the
+    index of the key block holding the queries themselves, which is masked causally (the queries
+    are that block's tokens, so query i sees keys <= i). Other blocks are fully visible apart from
+    padding. Returns None when nothing is masked, so SDPA can take its fastest path.
+    """
+    if causal_block is None and all(m is None for m in key_masks):
+        return None
+    batch = max((m.shape[0] for m in key_masks if m is not None), default=1)
+    parts = []
+    for i, (m, n) in enumerate(zip(key_masks, key_lengths, strict=True)):
+        if i == causal_block:
+            block = torch.ones(n_queries, n, dtype=torch.bool, device=device).tril()[None, None]
+            if m is not None:
+                block = block & m[:, None, None, :]
+        elif m is not None:
+            block = m[:, None, None, :]
+        else:
+            block = torch.ones(1, 1, 1, n, dtype=torch.bool, device=device)
+        parts.append(block.expand(batch, 1, n_queries, n))
+    return torch.cat(parts, dim=-1)

@@ -1,0 +1,19 @@
+"""Token + learned position embeddings."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class TextEmbedding(nn.Module):
+    def __init__(self, vocab_size: int, dim: int, max_len: int):
+        super().__init__()
+        self.tok = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        n = tokens.shape[1]
+        if n > self.pos.shape[0]:
+            raise ValueError(f"text of {n} tokens is longer than the model's max_len {self.pos.shape[0]}")
+        return self.tok(tokens) + self.pos[:n]
