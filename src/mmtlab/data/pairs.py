@@ -1,0 +1,160 @@
+"""Image-caption pairs for training and evaluation: lazy decoding, skip-and-count of bad inputs,
+collation with tokenisation, and a resumable deterministic sampler."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from mmtlab.data.tokenizer import TextTokenizer
+
+
+class HasImageAndCaptions(Protocol):
+    path: Path
+    captions: list[str]
+
+
+def load_image(path: str | Path, size: int) -> Tensor:
+    """Decode to uint8 [3, size, size]: shorter side resized to `size`, then centre crop.
+
+    Raises OSError / ValueError / Image.DecompressionBombError for unreadable files.
+    """
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        if (w, h) != (size, size):
+            s = size / min(w, h)
+            im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+            w, h = im.size
+            left, top = (w - size) // 2, (h - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+        arr = np.asarray(im, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def to_float(images: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class ImageCache:
+    """Decoded images by record index; a file that fails to decode is remembered as bad."""
+
+    def __init__(self, records: Sequence[HasImageAndCaptions], size: int, keep: bool = True):
+        self.records, self.size, self.keep = records, size, keep
+        self._images: dict[int, Tensor] = {}
+        self.bad: set[int] = set()
+
+    def get(self, i: int) -> Tensor | None:
+        if i in self._images:
+            return self._images[i]
+        if i in self.bad:
+            return None
+        try:
+            img = load_image(self.records[i].path, self.size)
+        except BAD_IMAGE_ERRORS:
+            self.bad.add(i)
+            return None
+        if self.keep:
+            self._images[i] = img
+        return img
+
+
+class ImageTextPairs(Dataset):
+    """One item per (image, non-empty caption). Empty captions are dropped and counted up front;
+    undecodable images yield None and are dropped (and counted) by `PairCollator`."""
+
+    def __init__(self, records: Sequence[HasImageAndCaptions], image_size: int, max_pairs: int | None = None):
+        self.records = records
+        pairs = [(ri, ci) for ri, r in enumerate(records) for ci, c in enumerate(r.captions) if c and c.strip()]
+        self.empty_captions = sum(len(r.captions) for r in records) - len(pairs)
+        self.pairs = pairs[:max_pairs] if max_pairs else pairs
+        self.images = ImageCache(records, image_size)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> tuple[Tensor | None, str, int]:
+        ri, ci = self.pairs[i]
+        return self.images.get(ri), self.records[ri].captions[ci], ri
+
+    def captions(self) -> Iterator[str]:
+        for ri, ci in self.pairs:
+            yield self.records[ri].captions[ci]
+
+
+@dataclass
+class Batch:
+    images: Tensor  # float [B, 3, H, W] in [-1, 1]
+    tokens: Tensor  # long [B, L]
+    text_mask: Tensor  # bool [B, L], True = real token
+    image_index: Tensor  # long [B], record index of each pair's image
+    skipped: int = 0  # pairs dropped because their image could not be decoded
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.images.to(device, non_blocking=True),
+            self.tokens.to(device, non_blocking=True),
+            self.text_mask.to(device, non_blocking=True),
+            self.image_index.to(device, non_blocking=True),
+            self.skipped,
+        )
+
+
+class PairCollator:
+    def __init__(self, tokenizer: TextTokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: list[tuple[Tensor | None, str, int]]) -> Batch:
+        good = [it for it in items if it[0] is not None]
+        if not good:
+            raise RuntimeError("every image in a batch failed to decode; check the dataset's image files")
+        tokens, mask = self.tokenizer([c for _, c, _ in good])
+        images = to_float(torch.stack([im for im, _, _ in good]))
+        index = torch.tensor([ri for _, _, ri in good], dtype=torch.long)
+        return Batch(images, tokens, mask, index, skipped=len(items) - len(good))
+
+
+class ResumableSampler(Sampler[int]):
+    """Endless stream of indices, one fresh permutation per epoch, seeded by (seed, epoch).
+
+    `start` is the number of samples already consumed (globally), so a resumed run continues
+    exactly where the interrupted one stopped. With `world` > 1 each rank takes every world-th
+    index of the global stream, so ranks see disjoint samples.
+    """
+
+    def __init__(self, n: int, seed: int, start: int = 0, rank: int = 0, world: int = 1):
+        if n == 0:
+            raise ValueError("cannot sample from an empty dataset")
+        self.n, self.seed, self.start, self.rank, self.world = n, seed, start, rank, world
+
+    def permutation(self, epoch: int) -> Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self) -> Iterator[int]:
+        pos = self.start + self.rank
+        while True:
+            epoch, offset = divmod(pos, self.n)
+            perm = self.permutation(epoch)
+            while offset < self.n:
+                yield int(perm[offset])
+                offset += self.world
+                pos += self.world
+
+    def __len__(self) -> int:  # endless; DataLoader only needs a number
+        return 2**62

@@ -1,0 +1,45 @@
+"""Find a run's dataset on disk and read a split of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmtlab.config import DataConfig
+
+
+class DatasetNotFound(FileNotFoundError):
+    pass
+
+
+def annotation_file(cfg: DataConfig) -> Path:
+    if cfg.annotations:
+        p = Path(cfg.annotations)
+        if not p.exists():
+            raise DatasetNotFound(f"data.annotations: no file at {p}")
+        return p
+    root = Path(cfg.root)
+    found = sorted(root.glob("dataset_*.json")) if root.is_dir() else []
+    if len(found) != 1:
+        what = "no dataset_*.json" if not found else f"several dataset_*.json ({', '.join(f.name for f in found)})"
+        raise DatasetNotFound(
+            f"data.root: {what} in {root}. Build the embedded data with "
+            f"`mmtlab data build emoji-scenes --out {root}` or set data.annotations to a Karpathy-format JSON."
+        )
+    return found[0]
+
+
+def image_root(cfg: DataConfig) -> Path:
+    if cfg.images:
+        return Path(cfg.images)
+    root = Path(cfg.root)
+    return root / "images" if (root / "images").is_dir() else root
+
+
+def load_split(cfg: DataConfig, split: str):
+    """Records (image path + captions + optional boxes/grounding) of one split."""
+    from mmtlab.data.formats.karpathy import read_karpathy
+
+    records = read_karpathy(annotation_file(cfg), image_root(cfg), split=split)
+    if not records:
+        raise DatasetNotFound(f"split {split!r} is empty in {annotation_file(cfg)}")
+    return records

@@ -1,0 +1,141 @@
+"""WordPiece tokenizer (HF `tokenizers`) trained on the pretraining captions, or loaded from a file.
+
+Special tokens are looked up by name, so any BERT-style tokenizer.json works; ours puts them at
+ids 0-4 ([PAD] [UNK] [CLS] [SEP] [MASK]).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from torch import Tensor
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+class TextTokenizer:
+    def __init__(self, tokenizer: Tokenizer, max_len: int = 32):
+        self.tok = tokenizer
+        self.max_len = max_len
+        ids = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+        missing = [t for t, i in ids.items() if i is None]
+        if missing:
+            raise ValueError(f"tokenizer lacks special tokens {missing}; a BERT-style WordPiece vocabulary is needed")
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (ids[t] for t in SPECIAL_TOKENS)
+        self.special_ids = tuple(ids.values())
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def __call__(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """Token ids [B, L] and a boolean mask (True = real token), padded to the longest, <= max_len."""
+        encs = self.tok.encode_batch(list(texts))
+        rows = [e.ids[: self.max_len] for e in encs]
+        for r, e in zip(rows, encs, strict=True):
+            if len(e.ids) > self.max_len:
+                r[-1] = self.sep_id  # keep the [SEP] end marker after truncation
+        n = max(len(r) for r in rows)
+        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        return ids, ids != self.pad_id
+
+    def decode(self, ids: list[int] | Tensor) -> str:
+        if isinstance(ids, Tensor):
+            ids = ids.tolist()
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def save(self, path: str | Path) -> None:
+        self.tok.save(str(path))
+
+
+def _learn_pieces(word_counts: dict[str, int], budget: int) -> list[str]:
+    """BPE-style merges with WordPiece's '##' continuation pieces, ties broken by the pieces' text.
+
+    We learn the vocabulary ourselves because the `tokenizers` WordPiece trainer breaks ties in
+    hash-map order, which makes the vocabulary differ from run to run.
+    """
+    words = sorted(word_counts)
+    splits = [[w[0]] + ["##" + c for c in w[1:]] for w in words]
+    freq = [word_counts[w] for w in words]
+    pieces = sorted({p for s in splits for p in s})
+    pair_count: dict[tuple[str, str], int] = defaultdict(int)
+    where: dict[tuple[str, str], set[int]] = defaultdict(set)
+
+    def add(i: int, sign: int) -> None:
+        s = splits[i]
+        for pair in zip(s, s[1:]):
+            pair_count[pair] += sign * freq[i]
+            if sign > 0:
+                where[pair].add(i)
+
+    for i in range(len(words)):
+        add(i, +1)
+    heap = [(-c, pair) for pair, c in pair_count.items()]
+    heapq.heapify(heap)
+    while len(pieces) < budget and heap:
+        neg, pair = heapq.heappop(heap)
+        if pair_count.get(pair, 0) != -neg or -neg <= 0:
+            continue  # stale heap entry
+        a, b = pair
+        merged = a + b[2:]
+        pieces.append(merged)
+        for i in sorted(where.pop(pair)):
+            s = splits[i]
+            if not any(x == a and y == b for x, y in zip(s, s[1:])):
+                continue
+            add(i, -1)
+            out, j = [], 0
+            while j < len(s):
+                if j + 1 < len(s) and s[j] == a and s[j + 1] == b:
+                    out.append(merged)
+                    j += 2
+                else:
+                    out.append(s[j])
+                    j += 1
+            splits[i] = out
+            add(i, +1)
+            for p in zip(out, out[1:]):
+                heapq.heappush(heap, (-pair_count[p], p))
+        pair_count.pop(pair, None)
+    return pieces
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
+    """A BERT-style WordPiece tokenizer whose vocabulary is learned deterministically from `texts`."""
+    normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True, clean_text=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    pieces = _learn_pieces(dict(counts), vocab_size - len(SPECIAL_TOKENS))
+    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *pieces])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.add_special_tokens(list(SPECIAL_TOKENS))  # already in the vocabulary: marks them, keeps their ids
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.WordPiece()
+    cls, sep = vocab["[CLS]"], vocab["[SEP]"]
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return tok
+
+
+def load_tokenizer(path: str | Path, max_len: int = 32) -> TextTokenizer:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no tokenizer at {path}")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+        raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from None
+    return TextTokenizer(tok, max_len)
