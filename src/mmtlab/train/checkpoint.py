@@ -1,0 +1,110 @@
+"""Atomic safetensors checkpoints: model weights, optimizer state and a small JSON of loop state.
+
+A checkpoint is a directory `checkpoints/step_{N:08d}` written under a temporary name and renamed
+into place, so every directory with that name is complete; resume takes the highest N. Nothing is
+unpickled: tensors come from safetensors and the rest from JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mmtlab.io import atomic_write_json
+
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    dirs = checkpoint_dirs(run_dir)
+    return dirs[-1] if dirs else None
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for k, v in state.items():
+            if torch.is_tensor(v):
+                tensors[f"{idx}.{k}"] = v.detach().contiguous().cpu()
+            else:
+                scalars[f"{idx}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    state: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(weights, tmp / "model.safetensors")
+        meta = {"step": step, **state}
+        if optimizer is not None:
+            tensors, opt_meta = _optimizer_tensors(optimizer)
+            save_file(tensors, tmp / "optimizer.safetensors")
+            meta["optimizer"] = opt_meta
+        atomic_write_json(tmp / "state.json", meta)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in checkpoint_dirs(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_model_weights(ckpt: Path, model: nn.Module, strict: bool = True) -> None:
+    weights = load_file(Path(ckpt) / "model.safetensors")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if strict and (missing or unexpected):
+        raise ValueError(
+            f"{ckpt}: checkpoint does not match the model (missing {list(missing)[:5]}, "
+            f"unexpected {list(unexpected)[:5]})"
+        )
+
+
+def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """Restore weights (and optimizer state); return the JSON state (it holds 'step')."""
+    ckpt = Path(ckpt)
+    meta = json.loads((ckpt / "state.json").read_text())
+    load_model_weights(ckpt, model)
+    if optimizer is not None and "optimizer" in meta:
+        tensors = load_file(ckpt / "optimizer.safetensors")
+        state: dict[int, dict] = {}
+        for key, v in tensors.items():
+            idx, k = key.split(".", 1)
+            state.setdefault(int(idx), {})[k] = v
+        for key, v in meta["optimizer"]["scalars"].items():
+            idx, k = key.split(".", 1)
+            state.setdefault(int(idx), {})[k] = v
+        optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+    return meta

@@ -1,0 +1,41 @@
+"""Run logging: metrics.jsonl (one JSON object per line) and TensorBoard events."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, resume_step: int | None = None, tensorboard: bool = True):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            # Lines logged after the checkpoint we resume from describe steps that will be redone.
+            kept = [
+                ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step
+            ]
+            self.path.write_text("".join(ln + "\n" for ln in kept))
+        self.file = self.path.open("a", buffering=1)
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
+            except ImportError:  # tensorboard is a dependency, but a missing one must not stop training
+                self.tb = None
+
+    def log(self, step: int, **metrics: Any) -> None:
+        record = {"step": step, "time": round(time.time(), 3), **metrics}
+        self.file.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, int | float):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
