@@ -1,0 +1,117 @@
+"""A run's report: what was trained, how training went (plot), and its evaluation tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
+
+from mmtlab.io import atomic_write_text  # noqa: E402
+
+RETRIEVAL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_training(metrics: list[dict], out: Path) -> Path | None:
+    rows = [m for m in metrics if "loss" in m]
+    if not rows:
+        return None
+    val = [m for m in metrics if "val/t2i_r1" in m or "val/bits_per_token_with_image" in m]
+    fig, axes = plt.subplots(1, 2 if val else 1, figsize=(10 if val else 5, 3.4), squeeze=False)
+    ax = axes[0][0]
+    steps = [m["step"] for m in rows]
+    ax.plot(steps, [m["loss"] for m in rows], label="total", lw=1.5)
+    for key in sorted({k for m in rows for k in m if k.startswith("loss/")}):
+        if len({k for m in rows for k in m if k.startswith("loss/")}) > 1:
+            ax.plot(steps, [m.get(key) for m in rows], label=key[5:], lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if val:
+        ax = axes[0][1]
+        vs = [m["step"] for m in val]
+        if "val/t2i_r1" in val[0]:
+            for key in ("val/t2i_r1", "val/i2t_r1", "val/t2i_r5"):
+                ax.plot(vs, [m[key] for m in val], marker="o", label=key[4:])
+            ax.set_ylabel("validation recall (%)")
+        else:
+            ax.plot(vs, [m["val/bits_per_token_with_image"] for m in val], marker="o", label="with image")
+            ax.plot(vs, [m["val/bits_per_token_without_image"] for m in val], marker="o", label="without image")
+            ax.set_ylabel("masked-token loss (bits)")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def retrieval_table(r: dict) -> str:
+    head = "| | " + " | ".join(RETRIEVAL_KEYS) + " |\n|---|" + "---:|" * len(RETRIEVAL_KEYS) + "\n"
+    model = "| model | " + " | ".join(f"{r[k]:.1f}" for k in RETRIEVAL_KEYS) + " |\n"
+    chance = "| chance | " + " | ".join(f"{r['chance'][k]:.2f}" for k in RETRIEVAL_KEYS) + " |\n"
+    return head + model + chance
+
+
+def write_run_report(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    metrics = read_metrics(run_dir)
+    start = next((m for m in metrics if m.get("event") == "start"), {})
+    last = next((m for m in reversed(metrics) if "loss" in m), {})
+    lines = [f"# mmtlab run: `{run_dir.name}`", ""]
+    m = cfg["model"]
+    lines += [
+        f"- layout **{m['layout']}**, depth {m['depth']}, width {m['width']}, heads {m['heads']}, "
+        f"{start.get('params', 0) / 1e6:.2f} M parameters, outputs {m.get('outputs')}",
+        f"- image {m['image']['size']} px, patch {m['image']['patch']}; text max {m['text']['max_len']} tokens, "
+        f"vocabulary {m['text']['vocab_size']}",
+        "- objectives: " + ", ".join(f"{k} x{v['weight']}" for k, v in cfg["objectives"].items()),
+        f"- trained {last.get('step', 0)} steps x {cfg['train']['batch_size'] * cfg['train']['grad_accum']} pairs "
+        f"on `{cfg['data']['train_split']}` of `{cfg['data']['root']}`; "
+        f"final loss {last.get('loss', float('nan')):.3f}; "
+        f"{last.get('pairs_per_s', 0):.0f} pairs/s; skipped images {last.get('skipped_images', 0)}, "
+        f"empty captions {start.get('empty_captions', 0)}",
+        "",
+    ]
+    plot = plot_training(metrics, run_dir / "training.png")
+    if plot:
+        lines += ["## Training", "", "![training curves](training.png)", ""]
+    retrieval = run_dir / "eval" / "retrieval.json"
+    if retrieval.exists():
+        r = json.loads(retrieval.read_text())
+        lines += [
+            f"## Zero-shot retrieval on `{r.get('split', '?')}` ({r['n_images']} images, {r['n_texts']} captions)",
+            "",
+            retrieval_table(r),
+        ]
+        if (run_dir / "eval" / "retrieval_examples.png").exists():
+            lines += ["", "![retrieval examples](eval/retrieval_examples.png)", ""]
+    mlm = run_dir / "eval" / "mlm.json"
+    if mlm.exists():
+        r = json.loads(mlm.read_text())
+        lines += [
+            f"## Masked-token loss on `{r.get('split', '?')}` captions ({r['n_masked_tokens']} masked tokens)",
+            "",
+            "| with image | without image | image gain |",
+            "|---:|---:|---:|",
+            f"| {r['bits_per_token_with_image']:.3f} bits | {r['bits_per_token_without_image']:.3f} bits "
+            f"| {r['image_gain_bits']:.3f} bits |",
+            "",
+        ]
+    out = run_dir / "report.md"
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    return out
