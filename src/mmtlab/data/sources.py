@@ -8,7 +8,7 @@ from mmtlab.config import DataConfig
 
 
 class DatasetNotFound(FileNotFoundError):
-    pass
+    """The dataset a config points at is missing, malformed or lacks the split."""
 
 
 def annotation_file(cfg: DataConfig) -> Path:
@@ -39,7 +39,11 @@ def load_split(cfg: DataConfig, split: str):
     """Records (image path + captions + optional boxes/grounding) of one split."""
     from mmtlab.data.formats.karpathy import read_karpathy
 
-    records = read_karpathy(annotation_file(cfg), image_root(cfg), split=split)
+    path = annotation_file(cfg)
+    try:
+        records = read_karpathy(path, image_root(cfg), split=split)
+    except ValueError as e:  # malformed JSON or a missing split: the message names file and field
+        raise DatasetNotFound(str(e)) from None
     if not records:
-        raise DatasetNotFound(f"split {split!r} is empty in {annotation_file(cfg)}")
+        raise DatasetNotFound(f"split {split!r} is empty in {path}")
     return records

@@ -1,0 +1,275 @@
+"""Command line: `mmtlab demo | data build | train | eval | report | layout`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mmtlab.config import CONFIG_DIR, ConfigError
+
+app = typer.Typer(
+    help="mmtlab: build, train, evaluate and diagnose multimodal transformers.\n\n"
+    "Start with `mmtlab demo`: it builds the embedded emoji-scenes data, trains a small dual encoder "
+    "for a few minutes and reports zero-shot retrieval.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Build datasets (the embedded emoji-scenes) in real formats.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate a trained run; results go to RUN_DIR/eval/*.json.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(eval_app, name="eval")
+console = Console()
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; printed as one line, no traceback."""
+
+
+def _parse_styles(spec: str) -> dict[str, float]:
+    styles = {}
+    for part in spec.split(","):
+        name, _, weight = part.partition("=")
+        try:
+            styles[name.strip()] = float(weight) if weight else 1.0
+        except ValueError:
+            raise UserError(f"--styles: {part!r} is not name=weight (e.g. alt_text=0.6,descriptive=0.4)") from None
+    return styles
+
+
+@data_app.command("build")
+def data_build(
+    name: Annotated[str, typer.Argument(help="dataset to build: emoji-scenes")],
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("data/emoji-scenes"),
+    size: Annotated[int, typer.Option(help="number of pretraining images (one web-style caption each)")] = 20000,
+    seed: Annotated[int, typer.Option(help="generation seed")] = 0,
+    image_size: Annotated[int, typer.Option(help="scene size in pixels")] = 64,
+    noise: Annotated[float, typer.Option(help="fraction of pretraining captions taken from another image")] = 0.0,
+    styles: Annotated[
+        str, typer.Option(help="pretraining caption-style mixture (language similarity to the descriptive eval)")
+    ] = "alt_text=0.6,descriptive=0.3,narrative=0.1",
+    num_sprites: Annotated[int | None, typer.Option(help="restrict the vocabulary to the N most basic sprites")] = None,
+    eval_size: Annotated[int, typer.Option(help="images in val and in test (5 descriptive captions each)")] = 1000,
+):
+    """Build emoji-scenes: images + Karpathy JSON + WebDataset shards + preview.png."""
+    if name != "emoji-scenes":
+        raise UserError(f"unknown dataset {name!r}; available: emoji-scenes")
+    from mmtlab.data.emoji_scenes import build_emoji_scenes
+
+    summary = build_emoji_scenes(
+        out,
+        size=size,
+        seed=seed,
+        image_size=image_size,
+        noise=noise,
+        pretrain_styles=_parse_styles(styles),
+        num_sprites=num_sprites,
+        eval_size=eval_size,
+    )
+    console.print(f"[green]emoji-scenes ready[/] in {out}: " + json.dumps(summary.get("counts", summary)))
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Argument(help="run config YAML (optional with --resume)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a field: --set train.lr=3e-4")] = None,
+    out: Annotated[Path | None, typer.Option(help="run directory (default runs/<config name>)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+):
+    """Train a model from a run config. Writes config.yaml, tokenizer.json, checkpoints/, metrics.jsonl."""
+    from mmtlab.config import load_config
+    from mmtlab.train.loop import train as run_training
+
+    if config is None and not (resume and out):
+        raise UserError("give a CONFIG, or --resume with --out RUN_DIR")
+    if config is not None:
+        cfg = load_config(config, set_ or [])
+    else:
+        cfg = load_config(out / "config.yaml", set_ or [])
+    run_dir = out or Path("runs") / config.stem
+    result = run_training(cfg, run_dir, resume=resume)
+    console.print(
+        f"[green]trained[/] {result.steps} steps in {run_dir} (final loss {result.final_loss:.3f}, "
+        f"{result.pairs_per_second:.0f} pairs/s, skipped images {result.skipped_images})"
+    )
+
+
+def _load_run(run_dir: Path, data: Path | None):
+    import mmtlab
+
+    try:
+        model = mmtlab.load(run_dir)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    cfg = model.run_config
+    if data is not None:
+        cfg.data.root, cfg.data.annotations, cfg.data.images = str(data), None, None
+    return model, cfg
+
+
+def run_retrieval_eval(run_dir: Path, split: str, data: Path | None = None, examples: bool = True) -> dict:
+    from mmtlab.data.sources import load_split
+    from mmtlab.eval.examples import plot_text_to_image
+    from mmtlab.eval.retrieval import embed_records, retrieval_metrics
+    from mmtlab.io import atomic_write_json
+
+    model, cfg = _load_run(run_dir, data)
+    if model.contrastive is None:
+        raise UserError(
+            f"{run_dir}: the model has no contrastive head, so dual-encoder retrieval does not apply; "
+            "evaluate it with `mmtlab eval mlm`"
+        )
+    records = load_split(cfg.data, split)
+    emb = embed_records(model, model.tokenizer, records, batch_size=cfg.eval.batch_size)
+    result = {"split": split, "mode": "dual", **retrieval_metrics(emb)}
+    atomic_write_json(run_dir / "eval" / "retrieval.json", result)
+    if examples:
+        plot_text_to_image(emb, records, run_dir / "eval" / "retrieval_examples.png")
+    return result
+
+
+def print_retrieval(result: dict, title: str) -> None:
+    keys = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
+    table = Table(title=title)
+    table.add_column("")
+    for k in keys:
+        table.add_column(k, justify="right")
+    table.add_row("model", *(f"{result[k]:.1f}" for k in keys), style="bold")
+    table.add_row("chance", *(f"{result['chance'][k]:.2f}" for k in keys), style="dim")
+    console.print(table)
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    run_dir: Annotated[Path, typer.Argument(help="a trained run directory")],
+    split: Annotated[str, typer.Option(help="split to evaluate")] = "test",
+    data: Annotated[Path | None, typer.Option(help="evaluate on another dataset root (Karpathy JSON inside)")] = None,
+    mode: Annotated[str, typer.Option(help="dual: encode images and captions separately, score by cosine")] = "dual",
+):
+    """Zero-shot image<->text Recall@1/5/10 -> RUN_DIR/eval/retrieval.json (+ retrieval_examples.png)."""
+    if mode != "dual":
+        raise UserError(f"--mode {mode!r}: only 'dual' is available in this version")
+    result = run_retrieval_eval(run_dir, split, data)
+    print_retrieval(result, f"zero-shot retrieval, {split} ({result['n_images']} images, {result['n_texts']} captions)")
+    console.print(f"wrote {run_dir / 'eval' / 'retrieval.json'}")
+
+
+@eval_app.command("mlm")
+def eval_mlm(
+    run_dir: Annotated[Path, typer.Argument(help="a trained run directory with an MLM head")],
+    split: Annotated[str, typer.Option(help="split to evaluate")] = "test",
+    data: Annotated[Path | None, typer.Option(help="evaluate on another dataset root")] = None,
+):
+    """Masked-token loss (bits/token) on captions with and without the image -> RUN_DIR/eval/mlm.json."""
+    from mmtlab.data.sources import load_split
+    from mmtlab.eval.mlm import evaluate_mlm
+    from mmtlab.io import atomic_write_json
+
+    model, cfg = _load_run(run_dir, data)
+    if model.mlm is None:
+        raise UserError(f"{run_dir}: the model has no MLM head (outputs: {cfg.model.outputs})")
+    result = {"split": split, **evaluate_mlm(model, model.tokenizer, load_split(cfg.data, split))}
+    atomic_write_json(run_dir / "eval" / "mlm.json", result)
+    console.print(
+        f"masked-token loss on {split}: {result['bits_per_token_with_image']:.3f} bits with the image, "
+        f"{result['bits_per_token_without_image']:.3f} without (gain {result['image_gain_bits']:.3f} bits)"
+    )
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a run directory")]):
+    """Write RUN_DIR/report.md with training curves and evaluation tables."""
+    from mmtlab.report import write_run_report
+
+    if not (run_dir / "config.yaml").exists():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
+    console.print(f"wrote {write_run_report(run_dir)}")
+
+
+@app.command()
+def layout(
+    model: Annotated[str, typer.Argument(help="a model config name (configs/models) or run config path")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set model.depth=6")] = None,
+):
+    """Print a model's attention layout: which streams each layer's queries attend to."""
+    import yaml
+
+    from mmtlab.config import load_config
+    from mmtlab.models.fusion import build_layout
+
+    path = Path(model)
+    is_run = path.suffix in (".yaml", ".yml") and path.exists() and "model" in (yaml.safe_load(path.read_text()) or {})
+    cfg = load_config(path if is_run else {"model": model}, set_ or [])
+    specs = build_layout(cfg.model.layout, cfg.model.depth, **cfg.model.layout_args)
+    table = Table(title=f"{cfg.model.layout} ({len(specs)} layers)")
+    for col in ("layer", "text queries see", "image queries see", "weights", "cross-attn", "ffn", "causal text"):
+        table.add_column(col)
+    for i, s in enumerate(specs):
+        table.add_row(
+            str(i),
+            ", ".join(s.attend.get("text", ())) or "-",
+            ", ".join(s.attend.get("image", ())) or "-",
+            s.weights,
+            s.cross_attention or "-",
+            "yes" if s.ffn else "no",
+            "yes" if s.causal_text else "no",
+        )
+    console.print(table)
+
+
+@app.command()
+def demo(
+    data: Annotated[Path, typer.Option(help="where to build / find emoji-scenes")] = Path("data/emoji-scenes"),
+    out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/demo"),
+    config: Annotated[Path, typer.Option(help="run config")] = CONFIG_DIR / "runs" / "demo.yaml",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config field")] = None,
+    fresh: Annotated[bool, typer.Option(help="delete an earlier demo run and train again")] = False,
+):
+    """Build the data if missing, train a small dual encoder (minutes on a laptop CPU), evaluate
+    zero-shot retrieval on the test split, and write RUN_DIR/report.md with pictures."""
+    from mmtlab.config import load_config
+    from mmtlab.data.emoji_scenes import build_emoji_scenes
+    from mmtlab.report import write_run_report
+    from mmtlab.train.checkpoint import latest_checkpoint
+    from mmtlab.train.loop import train as run_training
+
+    cfg = load_config(config, [f"data.root={data}", *(set_ or [])])
+    console.rule("[bold]1/3 data: emoji-scenes")
+    build_emoji_scenes(data)
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    console.rule("[bold]2/3 training a dual encoder")
+    ckpt = latest_checkpoint(out)
+    done_step = int(ckpt.name.split("_")[1]) if ckpt else 0
+    if ckpt and done_step >= cfg.train.steps:
+        console.print(f"{out} is already trained ({done_step} steps); use --fresh to train again")
+    else:
+        result = run_training(cfg, out, resume=ckpt is not None)
+        console.print(f"trained {result.steps} steps at {result.pairs_per_second:.0f} pairs/s")
+    console.rule("[bold]3/3 zero-shot retrieval on the test split")
+    result = run_retrieval_eval(out, cfg.data.test_split)
+    print_retrieval(result, f"zero-shot retrieval, test ({result['n_images']} images x 5 captions)")
+    report_path = write_run_report(out)
+    console.print(f"report: {report_path}\nretrieval examples: {out / 'eval' / 'retrieval_examples.png'}")
+
+
+def main() -> None:
+    from mmtlab.data.sources import DatasetNotFound
+    from mmtlab.train.loop import RunDirError
+
+    try:
+        app()
+    except (UserError, ConfigError, DatasetNotFound, RunDirError) as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
