@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A small emoji-scenes build shared by the tests that need real files."""
+    from mmtlab.data.emoji_scenes import build_emoji_scenes
+
+    out = tmp_path_factory.mktemp("data") / "emoji-scenes"
+    build_emoji_scenes(out, size=256, eval_size=40, heldout_size=10, seed=0, progress=False)
+    return out
+
+
+def tiny_run_config(data_root, **train):
+    """A run config small enough to train in a second or two."""
+    return {
+        "seed": 0,
+        "data": {"root": str(data_root)},
+        "tokenizer": {"vocab_size": 300},
+        "model": {
+            "layout": "modality_specific",
+            "width": 32,
+            "depth": 2,
+            "heads": 2,
+            "embed_dim": 16,
+            "image": {"size": 64, "patch": 16},
+            "text": {"max_len": 24},
+        },
+        "objectives": {"contrastive": 1.0},
+        "train": {
+            "steps": 6,
+            "batch_size": 16,
+            "lr": 1e-3,
+            "warmup_steps": 2,
+            "checkpoint_every": 3,
+            "log_every": 1,
+            **train,
+        },
+        "eval": {"batch_size": 32},
+    }
