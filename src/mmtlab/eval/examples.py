@@ -20,6 +20,9 @@ def plot_text_to_image(emb: Embedded, records, out: str | Path, n_queries: int =
     queries = torch.randperm(len(emb.captions), generator=g)[:n_queries].tolist()
     scores = emb.texts[queries] @ emb.images.T  # [q, n_images]
     top = scores.topk(k, dim=1).indices
+    targets = emb.text_to_image[queries]
+    # Rank of the caption's own image, ties counted against the model as in recall_at_k.
+    ranks = (scores >= scores.gather(1, targets[:, None])).sum(1).tolist()
     fig, axes = plt.subplots(len(queries), k, figsize=(1.9 * k + 2.6, 2.0 * len(queries)), squeeze=False)
     for row, (q, hits) in enumerate(zip(queries, top.tolist(), strict=True)):
         target = int(emb.text_to_image[q])
@@ -35,7 +38,7 @@ def plot_text_to_image(emb: Embedded, records, out: str | Path, n_queries: int =
                 spine.set_linewidth(4 if hit else 1)
             ax.set_title(f"#{col + 1}" + (" correct" if hit else ""), fontsize=8, color="#1a9850" if hit else "black")
         axes[row][0].set_ylabel(
-            "\n".join(textwrap.wrap(emb.captions[q], 28)[:5]),
+            "\n".join(textwrap.wrap(emb.captions[q], 28)[:5]) + f"\n(its image ranks #{ranks[row]})",
             rotation=0,
             ha="right",
             va="center",
