@@ -1,8 +1,8 @@
 """Training throughput of a model config: pairs/s, achieved FLOP/s and MFU against a matmul peak
 measured in the same process (so the ratio holds on a noisy machine).
 
-    python benchmarks/train_throughput.py                       # the demo dual encoder
-    python benchmarks/train_throughput.py --model merged-tiny --objectives mlm
+    python benchmarks/train_throughput.py                       # the demo's model (configs/runs/demo.yaml)
+    python benchmarks/train_throughput.py --model dual-tiny --model merged-tiny --objectives mlm
     python benchmarks/train_throughput.py --precision bf16 --batch-size 256
 
 FLOPs per step come from torch.utils.flop_counter (forward + backward of the real objective);
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmtlab.config import load_config
+from mmtlab.config import CONFIG_DIR, load_config
 from mmtlab.data.pairs import Batch
 from mmtlab.models import build_model
 from mmtlab.objectives import build_objectives
@@ -59,9 +59,11 @@ def synthetic_batch(cfg, batch_size: int, seq_len: int, g: torch.Generator) -> B
 
 
 def measure(model_name: str, objectives: list[str], batch_size: int, seq_len: int, steps: int, precision: str) -> dict:
+    """`model_name`: a model config name, or "demo" for the model of configs/runs/demo.yaml."""
+    model = load_config(CONFIG_DIR / "runs" / "demo.yaml").model_dump()["model"] if model_name == "demo" else model_name
     cfg = load_config(
-        {"model": model_name, "objectives": {o: 1.0 for o in objectives}},
-        ["model.text.vocab_size=4096", f"train.precision={precision}"],
+        {"model": model, "objectives": {o: 1.0 for o in objectives}},
+        ["model.outputs=null", "model.text.vocab_size=4096", f"train.precision={precision}"],
     )
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -111,7 +113,7 @@ def measure(model_name: str, objectives: list[str], batch_size: int, seq_len: in
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", help="model config name(s); default dual-tiny")
+    p.add_argument("--model", action="append", help="model config name(s), or 'demo' (the default)")
     p.add_argument("--objectives", default="contrastive", help="comma-separated objectives")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--text-len", type=int, default=24, help="tokens per caption (emoji-scenes captions average ~15-25)")
@@ -123,7 +125,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     rows = [
         measure(m, args.objectives.split(","), args.batch_size, args.text_len, args.steps, args.precision)
-        for m in (args.model or ["dual-tiny"])
+        for m in (args.model or ["demo"])
     ]
     result = {
         "benchmark": "train_throughput",
