@@ -101,40 +101,6 @@ def train(
     )
 
 
-def _load_run(run_dir: Path, data: Path | None):
-    import mmtlab
-
-    try:
-        model = mmtlab.load(run_dir)
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from None
-    cfg = model.run_config
-    if data is not None:
-        cfg.data.root, cfg.data.annotations, cfg.data.images = str(data), None, None
-    return model, cfg
-
-
-def run_retrieval_eval(run_dir: Path, split: str, data: Path | None = None, examples: bool = True) -> dict:
-    from mmtlab.data.sources import load_split
-    from mmtlab.eval.examples import plot_text_to_image
-    from mmtlab.eval.retrieval import embed_records, retrieval_metrics
-    from mmtlab.io import atomic_write_json
-
-    model, cfg = _load_run(run_dir, data)
-    if model.contrastive is None:
-        raise UserError(
-            f"{run_dir}: the model has no contrastive head, so dual-encoder retrieval does not apply; "
-            "evaluate it with `mmtlab eval mlm`"
-        )
-    records = load_split(cfg.data, split)
-    emb = embed_records(model, model.tokenizer, records, batch_size=cfg.eval.batch_size)
-    result = {"split": split, "mode": "dual", **retrieval_metrics(emb)}
-    atomic_write_json(run_dir / "eval" / "retrieval.json", result)
-    if examples:
-        plot_text_to_image(emb, records, run_dir / "eval" / "retrieval_examples.png")
-    return result
-
-
 def print_retrieval(result: dict, title: str) -> None:
     keys = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
     table = Table(title=title)
@@ -154,9 +120,11 @@ def eval_retrieval(
     mode: Annotated[str, typer.Option(help="dual: encode images and captions separately, score by cosine")] = "dual",
 ):
     """Zero-shot image<->text Recall@1/5/10 -> RUN_DIR/eval/retrieval.json (+ retrieval_examples.png)."""
+    from mmtlab.eval.runs import eval_retrieval
+
     if mode != "dual":
         raise UserError(f"--mode {mode!r}: only 'dual' is available in this version")
-    result = run_retrieval_eval(run_dir, split, data)
+    result = eval_retrieval(run_dir, split, data)
     print_retrieval(result, f"zero-shot retrieval, {split} ({result['n_images']} images, {result['n_texts']} captions)")
     console.print(f"wrote {run_dir / 'eval' / 'retrieval.json'}")
 
@@ -168,15 +136,9 @@ def eval_mlm(
     data: Annotated[Path | None, typer.Option(help="evaluate on another dataset root")] = None,
 ):
     """Masked-token loss (bits/token) on captions with and without the image -> RUN_DIR/eval/mlm.json."""
-    from mmtlab.data.sources import load_split
-    from mmtlab.eval.mlm import evaluate_mlm
-    from mmtlab.io import atomic_write_json
+    from mmtlab.eval.runs import eval_mlm
 
-    model, cfg = _load_run(run_dir, data)
-    if model.mlm is None:
-        raise UserError(f"{run_dir}: the model has no MLM head (outputs: {cfg.model.outputs})")
-    result = {"split": split, **evaluate_mlm(model, model.tokenizer, load_split(cfg.data, split))}
-    atomic_write_json(run_dir / "eval" / "mlm.json", result)
+    result = eval_mlm(run_dir, split, data)
     console.print(
         f"masked-token loss on {split}: {result['bits_per_token_with_image']:.3f} bits with the image, "
         f"{result['bits_per_token_without_image']:.3f} without (gain {result['image_gain_bits']:.3f} bits)"
@@ -184,13 +146,33 @@ def eval_mlm(
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="a run directory")]):
-    """Write RUN_DIR/report.md with training curves and evaluation tables."""
-    from mmtlab.report import write_run_report
+def study(
+    spec: Annotated[Path, typer.Argument(help="study YAML (configs/studies/)")],
+    out: Annotated[Path | None, typer.Option(help="study directory (default runs/studies/<name>)")] = None,
+    dry_run: Annotated[bool, typer.Option(help="validate every run's config and list the cells, run nothing")] = False,
+):
+    """Train and evaluate a grid of runs x seeds (resumable: rerun to continue), then print one table
+    of mean ± 95% CI and write results.json, results.md and report.html."""
+    from mmtlab.study import run_study
+    from mmtlab.study.report import write_study_report
 
-    if not (run_dir / "config.yaml").exists():
-        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
-    console.print(f"wrote {write_run_report(run_dir)}")
+    out_dir = run_study(spec, out, dry_run=dry_run, console=console)
+    if not dry_run:
+        console.print(f"wrote {write_study_report(out_dir)}")
+
+
+@app.command()
+def report(path: Annotated[Path, typer.Argument(help="a run directory or a study directory")]):
+    """Write a report: RUN_DIR/report.md (curves, tables, pictures) or STUDY_DIR/report.html."""
+    from mmtlab.report import write_run_report
+    from mmtlab.study.report import write_study_report
+
+    if (path / "results.json").exists():
+        console.print(f"wrote {write_study_report(path)}")
+    elif (path / "config.yaml").exists():
+        console.print(f"wrote {write_run_report(path)}")
+    else:
+        raise UserError(f"{path} is neither a run directory (config.yaml) nor a study directory (results.json)")
 
 
 @app.command()
@@ -236,6 +218,7 @@ def demo(
     zero-shot retrieval on the test split, and write RUN_DIR/report.md with pictures."""
     from mmtlab.config import load_config
     from mmtlab.data.emoji_scenes import build_emoji_scenes
+    from mmtlab.eval.runs import eval_retrieval
     from mmtlab.report import write_run_report
     from mmtlab.train.checkpoint import latest_checkpoint
     from mmtlab.train.loop import train as run_training
@@ -254,7 +237,7 @@ def demo(
         result = run_training(cfg, out, resume=ckpt is not None)
         console.print(f"trained {result.steps} steps at {result.pairs_per_second:.0f} pairs/s")
     console.rule("[bold]3/3 zero-shot retrieval on the test split")
-    result = run_retrieval_eval(out, cfg.data.test_split)
+    result = eval_retrieval(out, cfg.data.test_split)
     print_retrieval(result, f"zero-shot retrieval, test ({result['n_images']} images x 5 captions)")
     report_path = write_run_report(out)
     console.print(f"report: {report_path}\nretrieval examples: {out / 'eval' / 'retrieval_examples.png'}")
@@ -262,11 +245,12 @@ def demo(
 
 def main() -> None:
     from mmtlab.data.sources import DatasetNotFound
+    from mmtlab.eval.runs import EvalError
     from mmtlab.train.loop import RunDirError
 
     try:
         app()
-    except (UserError, ConfigError, DatasetNotFound, RunDirError) as e:
+    except (UserError, ConfigError, DatasetNotFound, RunDirError, EvalError, FileNotFoundError) as e:
         Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
         sys.exit(2)
 

@@ -44,6 +44,7 @@ OutputHead = Literal["contrastive", "mlm"]
 
 
 class ModelConfig(Strict):
+    arch: Literal["encoder"] = Field("encoder", description="model family (models/__init__.py: ARCHS)")
     layout: Literal[
         "merged", "modality_specific", "asym_text_queries", "asym_image_queries", "coattention", "lxmert", "mixed"
     ] = "modality_specific"

@@ -6,9 +6,13 @@ from mmtlab.config import ModelConfig, RunConfig
 from mmtlab.models.fusion import PRESETS, FusionEncoder, LayerSpec, build_layout
 from mmtlab.models.model import MultimodalTransformer
 
-__all__ = ["PRESETS", "FusionEncoder", "LayerSpec", "MultimodalTransformer", "build_layout", "build_model"]
+__all__ = ["ARCHS", "PRESETS", "FusionEncoder", "LayerSpec", "MultimodalTransformer", "build_layout", "build_model"]
+
+# Model families by `model.arch`. Every family provides `cfg`, `contrastive` (a ContrastiveHead or
+# None), `encode_image`/`encode_text` when it has a contrastive head, and `num_params()`.
+ARCHS = {"encoder": MultimodalTransformer}
 
 
-def build_model(cfg: RunConfig | ModelConfig) -> MultimodalTransformer:
+def build_model(cfg: RunConfig | ModelConfig):
     model_cfg = cfg.model if isinstance(cfg, RunConfig) else cfg
-    return MultimodalTransformer(model_cfg)
+    return ARCHS[model_cfg.arch](model_cfg)

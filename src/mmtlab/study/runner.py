@@ -1,0 +1,175 @@
+"""Run a study: every cell x seed trained and evaluated, resumably, then aggregated.
+
+A finished run leaves `study_run.json` (its metrics); rerunning the study skips it. An interrupted
+run resumes from its last checkpoint. Results are aggregated over seeds as mean +- 95% CI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+from pathlib import Path
+
+from rich.console import Console
+
+from mmtlab.io import atomic_write_json, atomic_write_text
+from mmtlab.progress import stderr
+from mmtlab.study.spec import Cell, StudySpec, cell_config, expand, load_study
+
+# Two-sided 95% Student-t quantiles by degrees of freedom (n - 1); 1.96 beyond 30.
+T95 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% confidence interval (t distribution); 0 width for n = 1."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, 0.0
+    t = T95[n - 2] if n - 1 <= len(T95) else 1.96
+    return mean, t * statistics.stdev(values) / math.sqrt(n)
+
+
+def run_dir_of(out: Path, cell: Cell, seed: int) -> Path:
+    return out / "runs" / cell.dirname / f"seed_{seed}"
+
+
+def run_study(
+    path: str | Path, out: str | Path | None = None, *, dry_run: bool = False, console: Console | None = None
+) -> Path:
+    from mmtlab.data.emoji_scenes import build_emoji_scenes
+    from mmtlab.eval.runs import EVALS
+    from mmtlab.train.checkpoint import latest_checkpoint
+    from mmtlab.train.loop import train
+
+    console = console or stderr
+    spec, base = load_study(path)
+    out = Path(out) if out else Path("runs") / "studies" / spec.name
+    cells = expand(spec)
+    unknown = [e for e in spec.evals if e not in EVALS]
+    if unknown:
+        from mmtlab.config import ConfigError
+
+        raise ConfigError(f"{path}: evals {unknown} unknown; available: {', '.join(EVALS)}")
+    # Validate every run's config before spending hours on the first ones.
+    configs = {(c, s): cell_config(spec, base, c, s) for c in cells for s in spec.seeds}
+    total = len(configs)
+    console.print(f"study [bold]{spec.name}[/]: {len(cells)} cells x {len(spec.seeds)} seeds = {total} runs -> {out}")
+    if dry_run:
+        for c in cells:
+            console.print(f"  {c.name}: {' '.join(c.overrides) or '(base)'}")
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, out / "study.yaml")
+    for data_dir, kwargs in spec.data.items():
+        build_emoji_scenes(data_dir, **kwargs)
+    for i, ((cell, seed), cfg) in enumerate(configs.items(), 1):
+        run_dir = run_dir_of(out, cell, seed)
+        done = run_dir / "study_run.json"
+        if done.exists():
+            console.print(f"[dim][{i}/{total}] {cell.name}, seed {seed}: done[/]")
+            continue
+        console.rule(f"[{i}/{total}] {cell.name}, seed {seed}")
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None or int(ckpt.name.split("_")[1]) < cfg.train.steps:
+            train(cfg, run_dir, resume=ckpt is not None, console=console)
+        metrics = {name: EVALS[name](run_dir, **params, progress=False) for name, params in spec.evals.items()}
+        atomic_write_json(done, {"cell": dict(cell.labels), "seed": seed, "metrics": metrics})
+    aggregate(out, spec, cells, console)
+    return out
+
+
+def metric_value(metrics: dict, name: str) -> float:
+    ev, key = name.split(".", 1)
+    return float(metrics[ev][key])
+
+
+def aggregate(out: Path, spec: StudySpec, cells: list[Cell] | None = None, console: Console | None = None) -> dict:
+    """Mean +- 95% CI over seeds for every cell and metric -> results.json and results.md."""
+    cells = cells if cells is not None else expand(spec)
+    rows = []
+    for cell in cells:
+        per_seed = []
+        for seed in spec.seeds:
+            f = run_dir_of(out, cell, seed) / "study_run.json"
+            if f.exists():
+                per_seed.append(json.loads(f.read_text())["metrics"])
+        row = {"cell": dict(cell.labels), "name": cell.name, "seeds": len(per_seed), "metrics": {}}
+        for m in spec.metrics:
+            values = [metric_value(r, m) for r in per_seed]
+            if values:
+                mean, ci = mean_ci95(values)
+                row["metrics"][m] = {"mean": mean, "ci95": ci, "values": values}
+        rows.append(row)
+    result = {"study": spec.name, "axes": list(spec.axes), "metrics": spec.metrics, "rows": rows}
+    atomic_write_json(out / "results.json", result)
+    atomic_write_text(out / "results.md", results_markdown(result))
+    if console is not None:
+        print_results(result, console)
+    return result
+
+
+def _short(metric: str) -> str:
+    return metric.split(".", 1)[1]
+
+
+def results_markdown(result: dict) -> str:
+    axes, metrics = result["axes"], result["metrics"]
+    head = "| " + " | ".join([*axes, "seeds", *map(_short, metrics)]) + " |\n"
+    head += "|" + "---|" * (len(axes) + 1) + "---:|" * len(metrics) + "\n"
+    body = ""
+    for r in result["rows"]:
+        cells = [r["cell"].get(a, "") for a in axes] + [str(r["seeds"])]
+        for m in metrics:
+            v = r["metrics"].get(m)
+            cells.append(f"{v['mean']:.1f} ± {v['ci95']:.1f}" if v else "–")
+        body += "| " + " | ".join(cells) + " |\n"
+    return f"# Study {result['study']}\n\nmean ± 95% CI over seeds\n\n" + head + body
+
+
+def print_results(result: dict, console: Console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"study {result['study']} (mean ± 95% CI over seeds)")
+    for a in result["axes"]:
+        table.add_column(a)
+    table.add_column("seeds", justify="right")
+    for m in result["metrics"]:
+        table.add_column(_short(m), justify="right")
+    for r in result["rows"]:
+        vals = [f"{v['mean']:.1f} ± {v['ci95']:.1f}" if (v := r["metrics"].get(m)) else "–" for m in result["metrics"]]
+        table.add_row(*[r["cell"].get(a, "") for a in result["axes"]], str(r["seeds"]), *vals)
+    console.print(table)

@@ -1,0 +1,74 @@
+import json
+import math
+
+import pytest
+import yaml
+from conftest import tiny_run_config
+
+from mmtlab.config import ConfigError
+from mmtlab.study import expand, load_study, mean_ci95, run_study
+from mmtlab.study.report import write_study_report
+
+
+def test_mean_ci95_matches_t_formula():
+    mean, ci = mean_ci95([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert ci == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert mean_ci95([5.0]) == (5.0, 0.0)
+
+
+def write_study(tmp_path, data, **extra):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(tiny_run_config(data, steps=2, checkpoint_every=2)))
+    spec = {
+        "name": "tiny",
+        "base": "base.yaml",
+        "seeds": [0, 1],
+        "axes": {
+            "layout": {"dual": {"model.layout": "modality_specific"}, "asym": {"model.layout": "asym_image_queries"}},
+            "lr": {"low": {"train.lr": 1e-4}, "high": {"train.lr": 1e-3}},
+        },
+        "exclude": [{"layout": "asym", "lr": "high"}],
+        "evals": {"retrieval": {"split": "test", "examples": False}},
+        "metrics": ["retrieval.t2i_r1", "retrieval.i2t_r10"],
+        **extra,
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_grid_expansion_and_exclusion(tmp_path, tiny_data):
+    spec, base = load_study(write_study(tmp_path, tiny_data))
+    cells = expand(spec)
+    assert [c.name for c in cells] == ["layout=dual, lr=low", "layout=dual, lr=high", "layout=asym, lr=low"]
+    assert cells[1].overrides == ('model.layout="modality_specific"', "train.lr=0.001")
+    assert base == tmp_path / "base.yaml"
+
+
+def test_study_runs_resumes_and_aggregates(tmp_path, tiny_data):
+    path = write_study(tmp_path, tiny_data)
+    out = run_study(path, tmp_path / "out")
+    result = json.loads((out / "results.json").read_text())
+    assert len(result["rows"]) == 3 and all(r["seeds"] == 2 for r in result["rows"])
+    row = result["rows"][0]
+    values = row["metrics"]["retrieval.t2i_r1"]["values"]
+    assert row["metrics"]["retrieval.t2i_r1"]["mean"] == pytest.approx(sum(values) / 2)
+    first = (out / "runs" / "dual__low" / "seed_0" / "study_run.json").stat().st_mtime_ns
+    run_study(path, tmp_path / "out")  # finished runs are skipped, not retrained
+    assert (out / "runs" / "dual__low" / "seed_0" / "study_run.json").stat().st_mtime_ns == first
+    assert "± " in (out / "results.md").read_text()
+    assert "<img src=\"data:image/png;base64," in write_study_report(out).read_text()
+
+
+def test_bad_cell_is_reported_before_anything_runs(tmp_path, tiny_data):
+    path = write_study(tmp_path, tiny_data, axes={"layout": {"oops": {"model.layout": "nope"}}}, exclude=[])
+    with pytest.raises(ConfigError, match=r"study cell \[layout=oops\]: model\.layout"):
+        run_study(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_study_fields(tmp_path, tiny_data):
+    path = write_study(tmp_path, tiny_data, metrics=["caption.cider"])
+    with pytest.raises(ConfigError, match="metrics"):
+        load_study(path)
