@@ -102,3 +102,22 @@ def test_grad_accumulation_counts_pairs(tiny_data, tmp_path):
     train(cfg, tmp_path / "r", progress=False)
     state = json.loads((latest_checkpoint(tmp_path / "r") / "state.json").read_text())
     assert state["samples"] == 2 * 8 * 2
+
+
+def test_init_from_copies_matching_weights_and_tokenizer(tiny_data, tmp_path):
+    base = train(load_config(tiny_run_config(tiny_data, steps=2)), tmp_path / "base", progress=False)
+    raw = tiny_run_config(tiny_data, steps=1, init_from=str(base.run_dir))
+    raw["objectives"] = {"contrastive": 1.0, "mlm": 1.0}  # adds an MLM head that starts fresh
+    train(load_config(raw), tmp_path / "ft", stop_after=0, progress=False)
+    assert (tmp_path / "ft" / "tokenizer.json").read_text() == (base.run_dir / "tokenizer.json").read_text()
+    from mmtlab.models import build_model
+    from mmtlab.train.checkpoint import init_from
+
+    cfg = load_config(tmp_path / "ft" / "config.yaml")
+    model = build_model(cfg)
+    copied = init_from(base.run_dir, model)
+    a = final_weights(base.run_dir)
+    assert copied == len(a)
+    assert torch.equal(model.state_dict()["text_embed.tok.weight"], a["text_embed.tok.weight"])
+    with pytest.raises(ValueError, match="other shapes"):
+        init_from(base.run_dir, build_model(load_config(tmp_path / "ft" / "config.yaml", ["model.width=48"])))

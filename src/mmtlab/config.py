@@ -104,6 +104,7 @@ class TrainConfig(Strict):
     eval_every: int | None = Field(None, gt=0, description="validation retrieval every N steps")
     eval_max_images: int = Field(500, gt=0)
     threads: int | None = Field(None, gt=0, description="torch intra-op threads; default: all cores")
+    init_from: str | None = Field(None, description="run dir or checkpoint to initialise matching weights from")
 
 
 class ObjectiveConfig(Strict):

@@ -108,3 +108,30 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             state.setdefault(int(idx), {})[k] = v
         optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
     return meta
+
+
+def init_from(source: str | Path, model: nn.Module) -> int:
+    """Initialise `model` from another run (its latest checkpoint) or a checkpoint directory.
+
+    Tensors whose names and shapes match are copied; the rest keep their fresh initialisation (a
+    new head, say). A name that matches with a different shape is an error, as is no match at all.
+    Returns the number of tensors copied.
+    """
+    source = Path(source)
+    ckpt = latest_checkpoint(source) if (source / "checkpoints").is_dir() else source
+    if ckpt is None or not (ckpt / "model.safetensors").exists():
+        raise FileNotFoundError(f"train.init_from: no checkpoint in {source}")
+    weights = load_file(ckpt / "model.safetensors")
+    own = model.state_dict()
+    bad = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in weights.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if bad:
+        raise ValueError(f"train.init_from: {ckpt} has tensors of other shapes: {'; '.join(bad[:5])}")
+    matched = {k: v for k, v in weights.items() if k in own}
+    if not matched:
+        raise ValueError(f"train.init_from: no tensor of {ckpt} matches this model")
+    model.load_state_dict(matched, strict=False)
+    return len(matched)

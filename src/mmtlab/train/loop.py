@@ -15,17 +15,16 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from torch.utils.data import DataLoader
 
 from mmtlab.config import RunConfig, dump_config
-from mmtlab.data.pairs import ImageTextPairs, PairCollator, ResumableSampler
+from mmtlab.data.loader import training_batches, training_dataset
 from mmtlab.data.sources import load_split
 from mmtlab.data.tokenizer import TextTokenizer, load_tokenizer, train_wordpiece
 from mmtlab.io import atomic_write_text
 from mmtlab.models import build_model
 from mmtlab.objectives import build_objectives
 from mmtlab.progress import stderr, training_progress
-from mmtlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mmtlab.train.checkpoint import init_from, latest_checkpoint, load_checkpoint, save_checkpoint
 from mmtlab.train.logging import MetricsLog
 from mmtlab.train.optim import build_optimizer, lr_at, set_lr
 
@@ -55,6 +54,9 @@ def prepare_tokenizer(cfg: RunConfig, run_dir: Path, captions) -> TextTokenizer:
         return load_tokenizer(saved, cfg.model.text.max_len)
     if cfg.tokenizer.path:
         tok = load_tokenizer(cfg.tokenizer.path, cfg.model.text.max_len)
+    elif cfg.train.init_from:  # a run initialised from another one must share its vocabulary
+        src = Path(cfg.train.init_from)
+        tok = load_tokenizer(src if (src / "tokenizer.json").exists() else src.parent.parent, cfg.model.text.max_len)
     else:
         tok = TextTokenizer(train_wordpiece(captions, cfg.tokenizer.vocab_size), cfg.model.text.max_len)
     tok.save(saved)
@@ -104,8 +106,7 @@ def train(
         torch.set_num_threads(cfg.train.threads)
     device = pick_device()
 
-    train_records = load_split(cfg.data, cfg.data.train_split)
-    pairs = ImageTextPairs(train_records, cfg.model.image.size, cfg.data.max_train_pairs)
+    pairs = training_dataset(cfg)
     tok = prepare_tokenizer(cfg, run_dir, pairs.captions())
     cfg = with_tokenizer(cfg, tok)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
@@ -121,20 +122,14 @@ def train(
     if ckpt is not None and resume:
         start = load_checkpoint(ckpt, model, optimizer)["step"]
         console.print(f"resuming {run_dir} from step {start}")
+    elif cfg.train.init_from:
+        loaded = init_from(cfg.train.init_from, model)
+        console.print(f"initialised {loaded} tensors from {cfg.train.init_from}")
     total = cfg.train.steps
     end = total if stop_after is None else min(total, stop_after)
     tcfg = cfg.train
     per_step = tcfg.batch_size * tcfg.grad_accum
-    loader = DataLoader(
-        pairs,
-        batch_size=tcfg.batch_size,
-        sampler=ResumableSampler(len(pairs), cfg.seed, start=start * per_step),
-        collate_fn=PairCollator(tok),
-        num_workers=cfg.data.num_workers,
-        drop_last=True,
-        persistent_workers=cfg.data.num_workers > 0,
-    )
-    batches = iter(loader)
+    batches = training_batches(pairs, cfg, tok, start_sample=start * per_step)
     log = MetricsLog(run_dir, resume_step=start if resume else None)
     if start == 0:
         log.log(

@@ -1,0 +1,34 @@
+"""The training data pipeline of a run: which dataset the config asks for, and a resumable loader."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from torch.utils.data import DataLoader
+
+from mmtlab.config import RunConfig
+from mmtlab.data.pairs import Batch, ImageTextPairs, PairCollator, ResumableSampler
+from mmtlab.data.sources import load_split
+from mmtlab.data.tokenizer import TextTokenizer
+
+
+def training_dataset(cfg: RunConfig) -> ImageTextPairs:
+    records = load_split(cfg.data, cfg.data.train_split)
+    return ImageTextPairs(records, cfg.model.image.size, cfg.data.max_train_pairs)
+
+
+def training_batches(
+    dataset: ImageTextPairs, cfg: RunConfig, tokenizer: TextTokenizer, start_sample: int = 0
+) -> Iterator[Batch]:
+    """Endless micro-batches; `start_sample` samples of the stream are skipped (resume)."""
+    workers = cfg.data.num_workers
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.train.batch_size,
+        sampler=ResumableSampler(len(dataset), cfg.seed, start=start_sample),
+        collate_fn=PairCollator(tokenizer),
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=workers > 0,
+    )
+    return iter(loader)
