@@ -20,6 +20,7 @@ def model_config(objectives, layout="modality_specific", dropout=0.0):
             "seed": 0,
             "model": {
                 "layout": layout,
+                "layout_args": {"k": 1} if layout == "mixed" else {},  # 1 modality-specific + 1 merged layer
                 "width": 32,
                 "depth": 2,
                 "heads": 2,
