@@ -246,3 +246,26 @@ def test_sharded_checkpoint_resumes_on_another_world_size(runs):
 
 def test_single_process_checkpoint_resumes_under_ddp(runs):
     assert_same_run(runs / "single", runs / "single-then-ddp")
+
+
+def test_torchrun_command_of_the_readme(tiny_data, tmp_path):
+    """`torchrun --standalone --nproc-per-node 2 -m mmtlab.cli train ...`, as documented."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        torchrun = shutil.which("torchrun")
+    config = tmp_path / "run.yaml"
+    raw = run_config(tiny_data, "fsdp")
+    raw["train"]["steps"] = 2
+    config.write_text(yaml.safe_dump(raw))
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "mmtlab.cli", "train", str(config)]
+    done = subprocess.run([*cmd, "--out", str(tmp_path / "run"), "--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained 2 steps") == 1  # rank 0 speaks for the run
+    assert (tmp_path / "run" / "checkpoints" / "step_00000002" / "dcp").is_dir()

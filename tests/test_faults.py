@@ -119,18 +119,18 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_last_checkpoint(tiny_data, 
         return real_save(tensors, path, *a, **kw)
 
     monkeypatch.setattr(checkpoint, "save_file", save_until_full)
-    cfg = load_config(fault_config(tiny_data, steps=6))
+    cfg = load_config(fault_config(tiny_data, steps=4, checkpoint_every=2))
     with pytest.raises(CheckpointError, match="No space left on device") as err:
         train(cfg, tmp_path / "run", progress=False)
-    assert "step_00000003" in str(err.value) and "--resume" in str(err.value)
-    assert [d.name for d in checkpoint_dirs(tmp_path / "run")] == ["step_00000003"]
+    assert "step_00000002" in str(err.value) and "--resume" in str(err.value)
+    assert [d.name for d in checkpoint_dirs(tmp_path / "run")] == ["step_00000002"]
     assert not list((tmp_path / "run" / "checkpoints").glob(".tmp*"))
     from mmtlab.models import build_model
 
     meta = load_checkpoint(
         latest_checkpoint(tmp_path / "run"), build_model(load_config(tmp_path / "run" / "config.yaml")), None
     )
-    assert meta["step"] == 3
+    assert meta["step"] == 2
 
 
 def test_full_disk_on_a_real_tmpfs(tiny_data, tmp_path):

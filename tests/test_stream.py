@@ -115,7 +115,7 @@ def test_corrupt_samples_and_truncated_shards_are_skipped_and_counted(shards, to
 
 
 def stream_run(shards, **train):
-    raw = tiny_run_config(shards[0].parent, steps=6, batch_size=8, checkpoint_every=2, threads=2, **train)
+    raw = tiny_run_config(shards[0].parent, steps=4, batch_size=8, checkpoint_every=2, threads=2, **train)
     raw["data"] = {"format": "webdataset", "shards": "::".join(str(s) for s in shards), "num_workers": 2}
     raw["data"]["shuffle_buffer"] = 32
     return load_config(raw)
@@ -129,7 +129,7 @@ def test_streamed_training_resumes_exactly(shards, tmp_path):
 
     cfg = stream_run(shards)
     train(cfg, tmp_path / "whole", progress=False)
-    train(cfg, tmp_path / "split", stop_after=3, progress=False)  # stops after an odd number of batches
+    train(cfg, tmp_path / "split", stop_after=1, progress=False)  # stops after an odd number of batches
     train(cfg, tmp_path / "split", resume=True, progress=False)
     a = load_file(latest_checkpoint(tmp_path / "whole") / "model.safetensors")
     b = load_file(latest_checkpoint(tmp_path / "split") / "model.safetensors")

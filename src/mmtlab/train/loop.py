@@ -261,15 +261,11 @@ def _train(
                 log.log(done, **{f"val/{k}": v for k, v in val.items() if isinstance(v, int | float)})
                 model.train()
     log.close()
+    elapsed = time.perf_counter() - t0
+    if dp.distributed:  # the run's figures, not this rank's
+        seen, skipped = (int(v) for v in dp.sum([seen, skipped]))
     return TrainResult(
-        run_dir,
-        end,
-        loss_value,
-        seen / max(time.perf_counter() - t0, 1e-9),
-        skipped,
-        pairs.empty_captions,
-        val,
-        interrupted=stopped,
+        run_dir, end, loss_value, seen / max(elapsed, 1e-9), skipped, pairs.empty_captions, val, interrupted=stopped
     )
 
 
