@@ -4,6 +4,11 @@ measured in the same process (so the ratio holds on a noisy machine).
     python benchmarks/train_throughput.py                       # the demo's model (configs/runs/demo.yaml)
     python benchmarks/train_throughput.py --model dual-tiny --model merged-tiny --objectives mlm
     python benchmarks/train_throughput.py --precision bf16 --batch-size 256
+    python benchmarks/train_throughput.py --model demo --model demo:width=256,depth=8,heads=8   # two sizes
+
+A model is any model config (a name in configs/models/, a .yaml path, or "demo"), optionally
+followed by `:key=value,...` overrides of its fields (values parsed as YAML), so new model
+families are benchmarked by naming their config.
 
 FLOPs per step come from torch.utils.flop_counter (forward + backward of the real objective);
 peak is the best of a few large fp32 (or bf16) matmuls on the same threads. Writes JSON to stdout
@@ -58,13 +63,25 @@ def synthetic_batch(cfg, batch_size: int, seq_len: int, g: torch.Generator) -> B
     return Batch(images, tokens, torch.ones_like(tokens, dtype=torch.bool), torch.arange(batch_size))
 
 
-def measure(model_name: str, objectives: list[str], batch_size: int, seq_len: int, steps: int, precision: str) -> dict:
-    """`model_name`: a model config name, or "demo" for the model of configs/runs/demo.yaml."""
-    model = load_config(CONFIG_DIR / "runs" / "demo.yaml").model_dump()["model"] if model_name == "demo" else model_name
-    cfg = load_config(
+def model_overrides(spec: str) -> tuple[str, list[str]]:
+    """"dual-tiny:width=256,depth=8" -> ("dual-tiny", ["model.width=256", "model.depth=8"])."""
+    name, _, rest = spec.partition(":")
+    return name, [f"model.{kv.strip()}" for kv in rest.split(",") if kv.strip()]
+
+
+def measure_config(model_name: str, objectives: list[str], precision: str):
+    """A run config for `model_name`: a model config name or path, or "demo" for the model of
+    configs/runs/demo.yaml, with optional `:key=value,...` overrides."""
+    name, overrides = model_overrides(model_name)
+    model = load_config(CONFIG_DIR / "runs" / "demo.yaml").model_dump()["model"] if name == "demo" else name
+    return load_config(
         {"model": model, "objectives": {o: 1.0 for o in objectives}},
-        ["model.outputs=null", "model.text.vocab_size=4096", f"train.precision={precision}"],
+        ["model.outputs=null", "model.text.vocab_size=4096", f"train.precision={precision}", *overrides],
     )
+
+
+def measure(model_name: str, objectives: list[str], batch_size: int, seq_len: int, steps: int, precision: str) -> dict:
+    cfg = measure_config(model_name, objectives, precision)
     torch.manual_seed(0)
     model = build_model(cfg)
     objective = build_objectives(cfg)

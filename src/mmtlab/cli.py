@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -83,7 +84,12 @@ def train(
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/<config name>)")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
 ):
-    """Train a model from a run config. Writes config.yaml, tokenizer.json, checkpoints/, metrics.jsonl."""
+    """Train a model from a run config. Writes config.yaml, tokenizer.json, checkpoints/, metrics.jsonl.
+
+    Several GPUs or machines: torchrun --nproc-per-node 8 -m mmtlab.cli train CONFIG --out RUN_DIR
+
+    SIGTERM saves a checkpoint and exits with code 143; --resume continues on any number of processes.
+    """
     from mmtlab.config import load_config
     from mmtlab.train.loop import train as run_training
 
@@ -95,6 +101,11 @@ def train(
         cfg = load_config(out / "config.yaml", set_ or [])
     run_dir = out or Path("runs") / config.stem
     result = run_training(cfg, run_dir, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for the run
+        return
+    if result.interrupted:  # SIGTERM: checkpointed; 128 + 15 tells a scheduler the run is not finished
+        console.print(f"stopped by SIGTERM after step {result.steps}; continue with --resume --out {run_dir}")
+        raise typer.Exit(143)
     console.print(
         f"[green]trained[/] {result.steps} steps in {run_dir} (final loss {result.final_loss:.3f}, "
         f"{result.pairs_per_second:.0f} pairs/s, skipped images {result.skipped_images})"
@@ -246,11 +257,12 @@ def demo(
 def main() -> None:
     from mmtlab.data.sources import DatasetNotFound
     from mmtlab.eval.runs import EvalError
+    from mmtlab.train.checkpoint import CheckpointError
     from mmtlab.train.loop import RunDirError
 
     try:
         app()
-    except (UserError, ConfigError, DatasetNotFound, RunDirError, EvalError, FileNotFoundError) as e:
+    except (UserError, ConfigError, DatasetNotFound, RunDirError, EvalError, FileNotFoundError, CheckpointError) as e:
         Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
         sys.exit(2)
 

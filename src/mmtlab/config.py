@@ -76,7 +76,21 @@ class TokenizerConfig(Strict):
 
 class DataConfig(Strict):
     root: str = Field("data/emoji-scenes", description="dataset directory (built by `mmtlab data build`)")
-    format: Literal["karpathy"] = "karpathy"
+    format: Literal["karpathy", "webdataset"] = Field(
+        "karpathy", description="karpathy: JSON + image files; webdataset: streamed from tar shards (data.shards)"
+    )
+    shards: str | None = Field(
+        None,
+        description="webdataset: brace pattern or ::-separated list of .tar shards, e.g. "
+        "/data/laion/{000000..041407}.tar; default: root/shards/<train_split>-*.tar",
+    )
+    resampled: bool = Field(False, description="webdataset: draw shards with replacement (no epochs)")
+    shuffle_buffer: int = Field(1000, ge=0, description="webdataset: samples in the shuffle buffer (0: no shuffle)")
+    stream_resume: Literal["exact", "reseed"] = Field(
+        "exact",
+        description="webdataset resume: exact replays the consumed samples (reads, does not decode, them); "
+        "reseed starts a fresh stream seeded by the step",
+    )
     annotations: str | None = Field(None, description="Karpathy JSON; default: the one file dataset_*.json in root")
     images: str | None = Field(None, description="image root; default: root/images (emoji-scenes) or root")
     train_split: str = "pretrain"
@@ -85,10 +99,18 @@ class DataConfig(Strict):
     num_workers: int = Field(0, ge=0)
     max_train_pairs: int | None = Field(None, gt=0, description="use only the first N training pairs")
 
+    @model_validator(mode="after")
+    def _stream_fields(self):
+        if self.format == "webdataset" and self.max_train_pairs is not None:
+            raise ValueError("data.max_train_pairs applies to format karpathy; a webdataset stream has no length")
+        return self
+
 
 class TrainConfig(Strict):
     steps: int = Field(1000, gt=0, description="optimizer steps")
-    batch_size: int = Field(128, gt=0, description="pairs per micro-batch")
+    batch_size: int = Field(
+        128, gt=0, description="pairs per micro-batch over all processes (under torchrun each takes batch_size / N)"
+    )
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)
@@ -98,6 +120,11 @@ class TrainConfig(Strict):
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
     grad_clip: float | None = Field(1.0, gt=0)
     precision: Literal["fp32", "bf16"] = "fp32"
+    data_parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: ddp replicates the model, fsdp shards it per block (FSDP2)"
+    )
+    activation_checkpointing: bool = Field(False, description="recompute each block's activations in backward")
+    compile: bool = Field(False, description="torch.compile each block")
     log_every: int = Field(10, gt=0)
     checkpoint_every: int = Field(250, gt=0)
     keep_checkpoints: int = Field(2, gt=0)

@@ -1,7 +1,13 @@
-"""The training data pipeline of a run: which dataset the config asks for, and a resumable loader."""
+"""The training data pipeline of a run: which dataset the config asks for, and a resumable loader.
+
+`data.format: karpathy` reads a JSON + image files (map-style, sampled by `ResumableSampler`);
+`webdataset` streams tar shards (data/stream.py). Both give endless micro-batches of
+`train.batch_size / world` pairs to each of `world` processes, together the global batch.
+"""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 from torch.utils.data import DataLoader
@@ -9,26 +15,62 @@ from torch.utils.data import DataLoader
 from mmtlab.config import RunConfig
 from mmtlab.data.pairs import Batch, ImageTextPairs, PairCollator, ResumableSampler
 from mmtlab.data.sources import load_split
+from mmtlab.data.stream import ShardStream
 from mmtlab.data.tokenizer import TextTokenizer
 
 
-def training_dataset(cfg: RunConfig) -> ImageTextPairs:
+def training_dataset(cfg: RunConfig) -> ImageTextPairs | ShardStream:
+    if cfg.data.format == "webdataset":
+        return ShardStream.from_config(cfg.data, cfg.model.image.size, cfg.seed)
     records = load_split(cfg.data, cfg.data.train_split)
     return ImageTextPairs(records, cfg.model.image.size, cfg.data.max_train_pairs)
 
 
 def training_batches(
-    dataset: ImageTextPairs, cfg: RunConfig, tokenizer: TextTokenizer, start_sample: int = 0
+    dataset: ImageTextPairs | ShardStream,
+    cfg: RunConfig,
+    tokenizer: TextTokenizer,
+    start_sample: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    resume_state: dict | None = None,
 ) -> Iterator[Batch]:
-    """Endless micro-batches; `start_sample` samples of the stream are skipped (resume)."""
+    """Endless micro-batches of process `rank` of `world`; `start_sample` samples of the global
+    stream are skipped (resume). `resume_state` is the checkpoint's state (a stream's readers)."""
     workers = cfg.data.num_workers
+    if isinstance(dataset, ShardStream):
+        return _stream_batches(dataset, cfg, tokenizer, start_sample, rank, world, resume_state or {})
     loader = DataLoader(
         dataset,
-        batch_size=cfg.train.batch_size,
-        sampler=ResumableSampler(len(dataset), cfg.seed, start=start_sample),
+        batch_size=cfg.train.batch_size // world,
+        sampler=ResumableSampler(len(dataset), cfg.seed, start=start_sample, rank=rank, world=world),
         collate_fn=PairCollator(tokenizer),
         num_workers=workers,
         drop_last=True,
         persistent_workers=workers > 0,
     )
+    return iter(loader)
+
+
+def _stream_batches(
+    stream: ShardStream, cfg: RunConfig, tokenizer, start_sample: int, rank: int, world: int, resume_state: dict
+) -> Iterator[Batch]:
+    workers = cfg.data.num_workers
+    start_batch = start_sample // cfg.train.batch_size  # micro-batches every rank has consumed
+    seed = cfg.seed
+    if start_batch:
+        same_readers = resume_state.get("stream") == {"world": world, "workers": workers}
+        if cfg.data.stream_resume == "reseed" or not same_readers:
+            if cfg.data.stream_resume == "exact":
+                warnings.warn(
+                    f"data.stream_resume: exact needs the readers of the interrupted run "
+                    f"({resume_state.get('stream')}), now world={world} workers={workers}: starting a reseeded stream",
+                    stacklevel=2,
+                )
+            seed, start_batch = cfg.seed * 1_000_003 + start_batch, 0
+    local_batch = cfg.train.batch_size // world
+    dataset = stream.batches(
+        tokenizer, local_batch, rank=rank, world=world, workers=workers, start_batch=start_batch, seed=seed
+    )
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
     return iter(loader)

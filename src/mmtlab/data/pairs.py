@@ -101,6 +101,7 @@ class Batch:
     text_mask: Tensor  # bool [B, L], True = real token
     image_index: Tensor  # long [B], record index of each pair's image
     skipped: int = 0  # pairs dropped because their image could not be decoded
+    damaged_shards: int = 0  # streamed data: truncated or unreadable shards met since the previous batch
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -112,6 +113,7 @@ class Batch:
             self.text_mask.to(device, non_blocking=True),
             self.image_index.to(device, non_blocking=True),
             self.skipped,
+            self.damaged_shards,
         )
 
 

@@ -95,7 +95,7 @@ def key_mask(
     """
     if causal_block is None and all(m is None for m in key_masks):
         return None
-    batch = max((m.shape[0] for m in key_masks if m is not None), default=1)
+    batch = max([m.shape[0] for m in key_masks if m is not None] or [1])
     parts = []
     for i, (m, n) in enumerate(zip(key_masks, key_lengths, strict=True)):
         if i == causal_block:

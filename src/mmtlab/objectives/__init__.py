@@ -31,11 +31,23 @@ class MaskedPass:
 class StepContext:
     """The forward passes of one training step, each computed on first use."""
 
-    def __init__(self, model: nn.Module, batch, generator: torch.Generator, mask_prob: float = 0.15):
+    def __init__(self, model: nn.Module, batch, generator: torch.Generator, mask_prob: float = 0.15, dp=None):
         self.model = model
         self.batch = batch
         self.generator = generator
         self.mask_prob = mask_prob
+        self.dp = dp  # train.distributed.DataParallel, or None in a single process
+
+    @property
+    def world(self) -> int:
+        """Number of data-parallel processes sharing the global batch."""
+        return 1 if self.dp is None else self.dp.world
+
+    def gather(self, x: Tensor) -> tuple[Tensor, int]:
+        """`x` [n, ...] of every data-parallel process concatenated along dim 0, and the row where
+        this process's part starts; gradients flow back to each process's own rows. For losses over
+        the global batch (contrastive negatives). In one process: (x, 0)."""
+        return (x, 0) if self.dp is None else self.dp.all_gather_with_grad(x)
 
     @cached_property
     def embeddings(self) -> tuple[Tensor, Tensor]:
@@ -73,8 +85,10 @@ class Objectives(nn.Module):
         for name in cfg.objectives:
             self.losses[name] = MLM(self.mask_prob) if name == "mlm" else REGISTRY[name]()
 
-    def forward(self, model: nn.Module, batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
-        step = StepContext(model, batch, generator, self.mask_prob)
+    def forward(
+        self, model: nn.Module, batch, generator: torch.Generator, dp=None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        step = StepContext(model, batch, generator, self.mask_prob, dp)
         total, parts = 0.0, {}
         for name, fn in self.losses.items():
             value = fn(step)

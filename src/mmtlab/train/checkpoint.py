@@ -15,12 +15,41 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmtlab.io import atomic_write_json
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (full disk, say); earlier checkpoints are intact."""
+
+
+# What a failed write raises: OSError from Python's own I/O, SafetensorError from safetensors' (a
+# full disk there reads "I/O error: No space left on device (os error 28)").
+WRITE_ERRORS = (OSError, SafetensorError)
+
+
+def write_failure_message(run_dir: Path, step: int, error: BaseException) -> str:
+    last = latest_checkpoint(run_dir)
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    kept = f"the last complete checkpoint, {last}, is intact" if last else "no earlier checkpoint exists"
+    return (
+        f"could not write the checkpoint of step {step} in {Path(run_dir) / 'checkpoints'}: {reason}. "
+        f"Training stopped; {kept}. Free space, then continue with `mmtlab train --resume --out {run_dir}`."
+    )
+
+
+def remove_partial_checkpoints(run_dir: Path) -> int:
+    """Delete temporary directories that a killed process left half-written; returns how many."""
+    root = Path(run_dir) / "checkpoints"
+    stale = list(root.glob(".tmp_step_*")) if root.is_dir() else []
+    for d in stale:
+        shutil.rmtree(d, ignore_errors=True)
+    return len(stale)
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
@@ -74,8 +103,10 @@ def save_checkpoint(
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, WRITE_ERRORS):  # full disk, quota, permissions: say so, and what is still safe
+            raise CheckpointError(write_failure_message(run_dir, step, e)) from e
         raise
     for old in checkpoint_dirs(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

@@ -12,10 +12,10 @@ class MetricsLog:
     def __init__(self, run_dir: Path, resume_step: int | None = None, tensorboard: bool = True):
         self.path = Path(run_dir) / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
-            # Lines logged after the checkpoint we resume from describe steps that will be redone.
-            kept = [
-                ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step
-            ]
+            # Lines logged after the checkpoint we resume from describe steps that will be redone; a
+            # line cut short by a killed process is dropped too.
+            lines = self.path.read_text().splitlines()
+            kept = [ln for ln in lines if _step_of(ln, default=resume_step + 1) <= resume_step]
             self.path.write_text("".join(ln + "\n" for ln in kept))
         self.file = self.path.open("a", buffering=1)
         self.tb = None
@@ -39,3 +39,10 @@ class MetricsLog:
         self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _step_of(line: str, default: int) -> int:
+    try:
+        return json.loads(line).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return default

@@ -4,6 +4,11 @@ clipping, seeded determinism, progress, metrics, atomic checkpoints and exact re
 Determinism: data order depends only on (seed, epoch); every micro-step reseeds the global RNG
 (dropout) and a masking generator from (seed, step, micro). So a resumed run replays exactly the
 batches, masks and dropout of an uninterrupted one, given the restored weights and optimizer.
+
+Under torchrun every process runs `train` with the same arguments (train/distributed.py): each
+takes batch_size / N pairs of every global batch, rank 0 writes the tokenizer, config, metrics and
+progress, checkpoints are sharded (train/sharded_checkpoint.py) and resume on any world size.
+SIGTERM ends the run at the next step boundary with a checkpoint.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from mmtlab.config import RunConfig, dump_config
+from mmtlab.config import ConfigError, RunConfig, dump_config
 from mmtlab.data.loader import training_batches, training_dataset
 from mmtlab.data.sources import load_split
 from mmtlab.data.tokenizer import TextTokenizer, load_tokenizer, train_wordpiece
@@ -24,9 +29,19 @@ from mmtlab.io import atomic_write_text
 from mmtlab.models import build_model
 from mmtlab.objectives import build_objectives
 from mmtlab.progress import stderr, training_progress
-from mmtlab.train.checkpoint import init_from, latest_checkpoint, load_checkpoint, save_checkpoint
+from mmtlab.train.blocks import apply_block_options
+from mmtlab.train.checkpoint import (
+    init_from,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_partial_checkpoints,
+    save_checkpoint,
+)
+from mmtlab.train.distributed import DataParallel, parallelize
+from mmtlab.train.distributed import setup as setup_distributed
 from mmtlab.train.logging import MetricsLog
 from mmtlab.train.optim import build_optimizer, lr_at, set_lr
+from mmtlab.train.signals import StopOnSignal
 
 
 class RunDirError(RuntimeError):
@@ -42,10 +57,11 @@ class TrainResult:
     skipped_images: int
     empty_captions: int
     val: dict | None
+    interrupted: bool = False  # stopped early by SIGTERM, with a checkpoint of the last step
 
 
-def step_seed(seed: int, step: int, micro: int) -> int:
-    return (seed * 1_000_003 + step * 1_009 + micro) % (2**63 - 1)
+def step_seed(seed: int, step: int, micro: int, rank: int = 0) -> int:
+    return (seed * 1_000_003 + step * 1_009 + micro + rank * 0x9E3779B97F4A7C15) % (2**63 - 1)
 
 
 def prepare_tokenizer(cfg: RunConfig, run_dir: Path, captions) -> TextTokenizer:
@@ -91,9 +107,27 @@ def train(
     progress: bool = True,
 ) -> TrainResult:
     """Train `cfg` into `run_dir`. `stop_after` ends the process early (as if killed) after that
-    many optimizer steps, having checkpointed them; a later `resume=True` call finishes the run."""
-    console = console or stderr
-    run_dir = Path(run_dir)
+    many optimizer steps, having checkpointed them; a later `resume=True` call finishes the run.
+
+    Under torchrun (or in a process group the caller initialised) every process calls this alike."""
+    dp = setup_distributed(pick_device())
+    try:
+        return _train(cfg, Path(run_dir), dp, resume, stop_after, console or stderr, progress and dp.is_main)
+    finally:
+        dp.close()
+
+
+class _NoLog:
+    def log(self, step: int, **metrics) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _train(
+    cfg: RunConfig, run_dir: Path, dp: DataParallel, resume: bool, stop_after: int | None, console, progress: bool
+) -> TrainResult:
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None and not resume:
         raise RunDirError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
@@ -101,15 +135,24 @@ def train(
         from mmtlab.config import load_config
 
         cfg = load_config(run_dir / "config.yaml")
+    if cfg.train.batch_size % dp.world:
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by the {dp.world} processes")
     run_dir.mkdir(parents=True, exist_ok=True)
+    if resume and dp.is_main:
+        remove_partial_checkpoints(run_dir)  # left by a process killed while writing
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = pick_device()
+    device = dp.device
 
     pairs = training_dataset(cfg)
-    tok = prepare_tokenizer(cfg, run_dir, pairs.captions())
+    if dp.is_main:
+        tok = prepare_tokenizer(cfg, run_dir, pairs.captions())
+    dp.barrier()
+    if not dp.is_main:
+        tok = load_tokenizer(run_dir / "tokenizer.json", cfg.model.text.max_len)
     cfg = with_tokenizer(cfg, tok)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    if dp.is_main:
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     val_records = (
         load_split(cfg.data, cfg.data.val_split)[: cfg.train.eval_max_images] if cfg.train.eval_every else None
     )
@@ -117,32 +160,43 @@ def train(
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
     objectives = build_objectives(cfg).to(device)
-    optimizer = build_optimizer(model, cfg.train)
-    start = 0
-    if ckpt is not None and resume:
-        start = load_checkpoint(ckpt, model, optimizer)["step"]
-        console.print(f"resuming {run_dir} from step {start}")
-    elif cfg.train.init_from:
+    resuming = ckpt is not None and resume
+    if not resuming and cfg.train.init_from:
         loaded = init_from(cfg.train.init_from, model)
-        console.print(f"initialised {loaded} tensors from {cfg.train.init_from}")
+        if dp.is_main:
+            console.print(f"initialised {loaded} tensors from {cfg.train.init_from}")
+    apply_block_options(model, cfg.train)
+    par = parallelize(model, dp, cfg.train)  # before the optimizer: FSDP2 replaces the parameters
+    optimizer = build_optimizer(model, cfg.train)
+    start, ckpt_meta = 0, {}
+    if resuming:
+        ckpt_meta = _load_checkpoint(ckpt, model, optimizer, dp)
+        start = ckpt_meta["step"]
+        if dp.is_main:
+            console.print(f"resuming {run_dir} from step {start}")
     total = cfg.train.steps
     end = total if stop_after is None else min(total, stop_after)
     tcfg = cfg.train
     per_step = tcfg.batch_size * tcfg.grad_accum
-    batches = training_batches(pairs, cfg, tok, start_sample=start * per_step)
-    log = MetricsLog(run_dir, resume_step=start if resume else None)
+    batches = training_batches(
+        pairs, cfg, tok, start_sample=start * per_step, rank=dp.rank, world=dp.world, resume_state=ckpt_meta
+    )
+    log = MetricsLog(run_dir, resume_step=start if resume else None) if dp.is_main else _NoLog()
     if start == 0:
-        log.log(
-            0, event="start", params=model.num_params(), train_pairs=len(pairs), empty_captions=pairs.empty_captions
-        )
+        extra = {"processes": dp.world, "data_parallel": tcfg.data_parallel} if dp.distributed else {}
+        size = {"train_pairs": len(pairs)} if hasattr(pairs, "__len__") else {}
+        log.log(0, event="start", params=model.num_params(), **size, empty_captions=pairs.empty_captions, **extra)
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if tcfg.precision == "bf16" else contextlib.nullcontext()
     )
-    skipped, seen, loss_value, val = 0, 0, float("nan"), None
+    skipped, seen, loss_value, val, stopped = 0, 0, float("nan"), None, False
+    # a stream's position is only meaningful for the same readers (data/stream.py)
+    streamed = cfg.data.format == "webdataset"
+    stream_state = {"stream": {"world": dp.world, "workers": cfg.data.num_workers}} if streamed else {}
     t0 = time.perf_counter()
     model.train()
     bar = training_progress(console) if progress else None
-    with bar or contextlib.nullcontext():
+    with bar or contextlib.nullcontext(), StopOnSignal() as stop:
         task = bar.add_task("training", total=total, completed=start, info="") if bar else None
         for step in range(start, end):
             lr = lr_at(step, tcfg)
@@ -153,42 +207,77 @@ def train(
                 batch = next(batches).to(device)
                 skipped += batch.skipped
                 seen += len(batch)
-                torch.manual_seed(step_seed(cfg.seed, step, micro))
-                gen = torch.Generator(device).manual_seed(step_seed(cfg.seed, step, micro) + 1)
+                seed = step_seed(cfg.seed, step, micro, dp.rank)
+                torch.manual_seed(seed)
+                gen = torch.Generator(device).manual_seed(seed + 1)
+                par.begin_micro_step(last=micro == tcfg.grad_accum - 1)
                 with autocast:
-                    loss, parts = objectives(model, batch, gen)
+                    loss, parts = objectives(model, batch, gen, dp if dp.distributed else None)
                 (loss / tcfg.grad_accum).backward()
                 loss_sum += float(loss.detach()) / tcfg.grad_accum
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / tcfg.grad_accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip) if tcfg.grad_clip else None
+            par.end_backward()
+            grad_norm = par.clip_grad_norm_(tcfg.grad_clip) if tcfg.grad_clip else None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             loss_value = loss_sum
             done = step + 1
             elapsed = time.perf_counter() - t0
             rate = seen / max(elapsed, 1e-9)
-            if done % tcfg.log_every == 0 or done == end:
+            stopped = dp.any(stop.requested)
+            if done % tcfg.log_every == 0 or done == end or stopped:
+                if dp.distributed:  # the global batch's mean loss and all ranks' counts
+                    keys = list(parts_sum)
+                    sums = dp.sum([loss_value, *parts_sum.values(), seen, skipped])
+                    loss_value, parts_sum = sums[0] / dp.world, {k: v / dp.world for k, v in zip(keys, sums[1:])}
+                    rate, skipped_all = sums[-2] / max(elapsed, 1e-9), int(sums[-1])
+                else:
+                    skipped_all = skipped
                 metrics = {"loss": loss_value, **{f"loss/{k}": v for k, v in parts_sum.items()}, "lr": lr}
                 if grad_norm is not None:
                     metrics["grad_norm"] = float(grad_norm)
                 if model.contrastive is not None:
                     metrics["logit_scale"] = float(model.contrastive.scale().detach())
-                log.log(done, **metrics, pairs_per_s=rate, skipped_images=skipped)
+                log.log(done, **metrics, pairs_per_s=rate, skipped_images=skipped_all)
             if bar:
                 bar.update(task, completed=done, info=f"loss {loss_value:.3f} | {rate:,.0f} pairs/s")
-            if done % tcfg.checkpoint_every == 0 or done == end:
-                save_checkpoint(
-                    run_dir, done, model, optimizer, {"samples": done * per_step}, keep=tcfg.keep_checkpoints
-                )
+            if done % tcfg.checkpoint_every == 0 or done == end or stopped:
+                state = {"samples": done * per_step, **stream_state}
+                if dp.distributed:
+                    from mmtlab.train.sharded_checkpoint import save_sharded_checkpoint
+
+                    save_sharded_checkpoint(run_dir, done, model, optimizer, state, dp, keep=tcfg.keep_checkpoints)
+                else:
+                    save_checkpoint(run_dir, done, model, optimizer, state, keep=tcfg.keep_checkpoints)
+            if stopped:
+                log.log(done, event="stopped", reason="SIGTERM")
+                if dp.is_main:
+                    console.print(f"SIGTERM: stopped after step {done} with a checkpoint; continue with --resume")
+                end = done
+                break
             if val_records is not None and (done % tcfg.eval_every == 0 or done == total):
                 val = validate(model, tok, val_records, cfg, device)
                 log.log(done, **{f"val/{k}": v for k, v in val.items() if isinstance(v, int | float)})
                 model.train()
     log.close()
+    elapsed = time.perf_counter() - t0
+    if dp.distributed:  # the run's figures, not this rank's
+        seen, skipped = (int(v) for v in dp.sum([seen, skipped]))
     return TrainResult(
-        run_dir, end, loss_value, seen / max(time.perf_counter() - t0, 1e-9), skipped, pairs.empty_captions, val
+        run_dir, end, loss_value, seen / max(elapsed, 1e-9), skipped, pairs.empty_captions, val, interrupted=stopped
     )
+
+
+def _load_checkpoint(ckpt: Path, model, optimizer, dp: DataParallel) -> dict:
+    """Whichever format `ckpt` has (single-process or sharded) into this process's model and optimizer."""
+    from mmtlab.train.sharded_checkpoint import is_sharded, load_full_checkpoint, load_sharded_checkpoint
+
+    if is_sharded(ckpt):
+        return load_sharded_checkpoint(ckpt, model, optimizer)
+    if dp.distributed:
+        return load_full_checkpoint(ckpt, model, optimizer)
+    return load_checkpoint(ckpt, model, optimizer)
 
 
 def validate(model, tok, records, cfg: RunConfig, device) -> dict:
