@@ -64,6 +64,9 @@ class PerPairLoss(nn.Module):
     """A loss that is a mean over pairs, so k accumulated micro-batches of b pairs are exactly
     one batch of k x b pairs (contrastive is not: its negatives are the micro-batch)."""
 
+    def bind_data(self, dataset, tokenizer):  # the Objectives interface the loop calls
+        pass
+
     def forward(self, model, batch, generator, dp=None):
         gap = (model.encode_image(batch.images) - model.encode_text(batch.tokens, batch.text_mask)).pow(2).sum(-1)
         return gap.mean(), {"per_pair": gap.mean().detach()}

@@ -128,16 +128,40 @@ def eval_retrieval(
     run_dir: Annotated[Path, typer.Argument(help="a trained run directory")],
     split: Annotated[str, typer.Option(help="split to evaluate")] = "test",
     data: Annotated[Path | None, typer.Option(help="evaluate on another dataset root (Karpathy JSON inside)")] = None,
-    mode: Annotated[str, typer.Option(help="dual: encode images and captions separately, score by cosine")] = "dual",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="dual: embed images and captions separately, rank by cosine (contrastive head). "
+            "cross: the ITM head scores every image x caption pair (cross-encoders). "
+            "rerank: a dual encoder shortlists the top --k, the ITM head reranks them."
+        ),
+    ] = "dual",
+    k: Annotated[int, typer.Option(help="rerank: shortlist size per query")] = 128,
+    max_images: Annotated[int | None, typer.Option(help="evaluate on the first N images of the split")] = None,
+    shortlist: Annotated[
+        Path | None, typer.Option(help="rerank: a dual-encoder run to shortlist with (default: the model's own)")
+    ] = None,
 ):
-    """Zero-shot image<->text Recall@1/5/10 -> RUN_DIR/eval/retrieval.json (+ retrieval_examples.png)."""
-    from mmtlab.eval.runs import eval_retrieval
+    """Zero-shot image<->text Recall@1/5/10 -> RUN_DIR/eval/retrieval.json (dual, + retrieval_examples.png),
+    retrieval_cross.json or retrieval_rerank.json."""
+    from mmtlab.eval.runs import RETRIEVAL_MODES, eval_retrieval
 
+    if mode not in RETRIEVAL_MODES:
+        raise UserError(f"--mode {mode!r}: choose one of {', '.join(RETRIEVAL_MODES)}")
+    result = eval_retrieval(run_dir, split, data, mode=mode, k=k, max_images=max_images, shortlist=shortlist)
+    what = {"dual": "dual encoder", "cross": "cross-encoder, all pairs", "rerank": f"cross-encoder reranking top-{k}"}
+    print_retrieval(
+        result,
+        f"zero-shot retrieval, {split}, {what[mode]} ({result['n_images']} images, {result['n_texts']} captions)",
+    )
+    if mode == "rerank":
+        c = result["shortlist_ceiling"]
+        console.print(f"shortlist recall ceiling (queries with a match in the shortlist): i2t {c['i2t']:.1f}%, "
+                      f"t2i {c['t2i']:.1f}%")
     if mode != "dual":
-        raise UserError(f"--mode {mode!r}: only 'dual' is available in this version")
-    result = eval_retrieval(run_dir, split, data)
-    print_retrieval(result, f"zero-shot retrieval, {split} ({result['n_images']} images, {result['n_texts']} captions)")
-    console.print(f"wrote {run_dir / 'eval' / 'retrieval.json'}")
+        console.print(f"{result['pairs_scored']:,} pairs scored in {result['scoring_seconds']:.1f} s")
+    name = "retrieval.json" if mode == "dual" else f"retrieval_{mode}.json"
+    console.print(f"wrote {run_dir / 'eval' / name}")
 
 
 @eval_app.command("mlm")

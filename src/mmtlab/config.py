@@ -29,6 +29,11 @@ class ImageConfig(Strict):
     size: int = Field(64, gt=0, description="input resolution in pixels (square)")
     patch: int = Field(8, gt=0, description="ViT patch size in pixels")
     channels: int = 3
+    input: Literal["patches", "regions"] = Field(
+        "patches", description="pixels cut into ViT patches, or toy-detector regions (data.regions)"
+    )
+    region_dim: int | None = Field(None, description="region feature size; filled in from the detector")
+    region_classes: int | None = Field(None, description="detector classes; filled in from the detector")
 
 
 class TextConfig(Strict):
@@ -40,7 +45,7 @@ class TextConfig(Strict):
     mask_id: int = 4
 
 
-OutputHead = Literal["contrastive", "mlm"]
+OutputHead = Literal["contrastive", "mlm", "mrm", "itm"]
 
 
 class ModelConfig(Strict):
@@ -74,6 +79,13 @@ class TokenizerConfig(Strict):
     vocab_size: int = Field(4096, ge=64)
 
 
+class RegionsConfig(Strict):
+    num_regions: int = Field(8, ge=1, le=100, description="proposal boxes per image (gold jittered + distractors)")
+    seed: int = Field(0, description="proposal seed")
+    detector: str | None = Field(None, description="toy detector safetensors; default: the one shipped")
+    cache_dir: str | None = Field(None, description="region feature cache; default $MMTLAB_CACHE or ~/.cache/mmtlab")
+
+
 class DataConfig(Strict):
     root: str = Field("data/emoji-scenes", description="dataset directory (built by `mmtlab data build`)")
     format: Literal["karpathy", "webdataset"] = Field(
@@ -98,6 +110,7 @@ class DataConfig(Strict):
     test_split: str = "test"
     num_workers: int = Field(0, ge=0)
     max_train_pairs: int | None = Field(None, gt=0, description="use only the first N training pairs")
+    regions: RegionsConfig = Field(default_factory=RegionsConfig, description="region inputs (model.image.input)")
 
     @model_validator(mode="after")
     def _stream_fields(self):
@@ -134,9 +147,25 @@ class TrainConfig(Strict):
     init_from: str | None = Field(None, description="run dir or checkpoint to initialise matching weights from")
 
 
+ObjectiveName = Literal["contrastive", "mlm", "mrm_cls", "mrm_kl", "mrm_regress", "itm", "itm_contrastive"]
+MRM_OBJECTIVES = ("mrm_cls", "mrm_kl", "mrm_regress")
+# The output head each objective trains.
+OBJECTIVE_HEADS = {"contrastive": "contrastive", "mlm": "mlm", "mrm_cls": "mrm", "mrm_kl": "mrm",
+                   "mrm_regress": "mrm", "itm": "itm", "itm_contrastive": "itm"}
+
+
 class ObjectiveConfig(Strict):
     weight: float = Field(1.0, ge=0)
-    mask_prob: float | None = Field(None, gt=0, lt=1, description="mlm: fraction of tokens to mask (0.15)")
+    mask_prob: float | None = Field(
+        None, gt=0, lt=1, description="mlm: fraction of tokens to mask; mrm_*: of regions (0.15)"
+    )
+    negatives: Literal["random", "hard"] | None = Field(
+        None, description="itm / itm_contrastive: random batch captions, or hard ones mined from contrastive similarity"
+    )
+    loss: Literal["mse", "huber"] | None = Field(None, description="mrm_regress: regression loss (mse)")
+    candidates: int | None = Field(
+        None, ge=2, description="itm_contrastive: captions scored per image, the positive included (32)"
+    )
 
 
 class EvalConfig(Strict):
@@ -148,7 +177,7 @@ class RunConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    objectives: dict[Literal["contrastive", "mlm"], ObjectiveConfig] = Field(
+    objectives: dict[ObjectiveName, ObjectiveConfig] = Field(
         default_factory=lambda: {"contrastive": ObjectiveConfig()}
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -165,7 +194,8 @@ class RunConfig(Strict):
     def _heads_for_objectives(self):
         if not self.objectives:
             raise ValueError("objectives: at least one objective is needed (contrastive, mlm)")
-        needed = [h for h in ("contrastive", "mlm") if h in self.objectives]
+        _check_objective_options(self)
+        needed = list(dict.fromkeys(OBJECTIVE_HEADS[name] for name in self.objectives))
         if self.model.outputs is None:
             self.model.outputs = needed
         else:
@@ -173,6 +203,35 @@ class RunConfig(Strict):
             if missing:
                 raise ValueError(f"model.outputs lacks {missing}, needed by the objectives")
         return self
+
+
+# Which objectives each option applies to.
+_OPTION_OWNERS = {
+    "mask_prob": ("mlm", *MRM_OBJECTIVES),
+    "negatives": ("itm", "itm_contrastive"),
+    "loss": ("mrm_regress",),
+    "candidates": ("itm_contrastive",),
+}
+
+
+def _check_objective_options(cfg: RunConfig) -> None:
+    for name, oc in cfg.objectives.items():
+        for option, owners in _OPTION_OWNERS.items():
+            if getattr(oc, option) is not None and name not in owners:
+                raise ValueError(f"objectives.{name}.{option}: only applies to {', '.join(owners)}")
+    mrm = [n for n in MRM_OBJECTIVES if n in cfg.objectives]
+    if mrm and cfg.model.image.input != "regions":
+        raise ValueError(f"objectives.{mrm[0]}: masked region modelling needs model.image.input: regions")
+    probs = {cfg.objectives[n].mask_prob for n in mrm} - {None}
+    if len(probs) > 1:
+        raise ValueError(f"objectives: {', '.join(mrm)} share one region masking; give them the same mask_prob")
+    for name in ("itm", "itm_contrastive"):
+        oc = cfg.objectives.get(name)
+        if oc is not None and oc.negatives == "hard" and "contrastive" not in cfg.objectives:
+            raise ValueError(
+                f"objectives.{name}.negatives: hard negatives are mined from contrastive similarities; "
+                "add the contrastive objective"
+            )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -77,7 +77,12 @@ def write_run_report(run_dir: str | Path) -> Path:
     lines += [
         f"- layout **{m['layout']}**, depth {m['depth']}, width {m['width']}, heads {m['heads']}, "
         f"{start.get('params', 0) / 1e6:.2f} M parameters, outputs {m.get('outputs')}",
-        f"- image {m['image']['size']} px, patch {m['image']['patch']}; text max {m['text']['max_len']} tokens, "
+        (
+            f"- image: {cfg['data'].get('regions', {}).get('num_regions', '?')} toy-detector regions + [IMG]"
+            if m["image"].get("input") == "regions"
+            else f"- image {m['image']['size']} px, patch {m['image']['patch']}"
+        )
+        + f"; text max {m['text']['max_len']} tokens, "
         f"vocabulary {m['text']['vocab_size']}",
         "- objectives: " + ", ".join(f"{k} x{v['weight']}" for k, v in cfg["objectives"].items()),
         f"- trained {last.get('step', 0)} steps x {cfg['train']['batch_size'] * cfg['train']['grad_accum']} pairs "
@@ -100,6 +105,16 @@ def write_run_report(run_dir: str | Path) -> Path:
         ]
         if (run_dir / "eval" / "retrieval_examples.png").exists():
             lines += ["", "![retrieval examples](eval/retrieval_examples.png)", ""]
+    for mode, what in (("cross", "cross-encoder, every pair"), ("rerank", "cross-encoder reranking a shortlist")):
+        path = run_dir / "eval" / f"retrieval_{mode}.json"
+        if path.exists():
+            r = json.loads(path.read_text())
+            lines += [f"## Zero-shot retrieval, {what}, on `{r.get('split', '?')}` ({r['n_images']} images, "
+                      f"{r['n_texts']} captions, {r['pairs_scored']:,} pairs scored)", "", retrieval_table(r)]
+            if mode == "rerank":
+                c = r["shortlist_ceiling"]
+                lines += [f"Shortlist of {r['k']} per query; recall ceiling i2t {c['i2t']:.1f}%, "
+                          f"t2i {c['t2i']:.1f}%.", ""]
     mlm = run_dir / "eval" / "mlm.json"
     if mlm.exists():
         r = json.loads(mlm.read_text())

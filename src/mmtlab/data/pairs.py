@@ -70,17 +70,33 @@ class ImageCache:
             self._images[i] = img
         return img
 
+    def subset(self, idx: Sequence[int]) -> ImageCache:
+        """The same source over records[idx] (their new indices are 0..len(idx)-1)."""
+        return ImageCache([self.records[i] for i in idx], self.size, self.keep)
+
+    def stack(self, images: Sequence[Tensor]) -> Tensor:
+        """A model-ready batch: float [B, 3, H, W] in [-1, 1]."""
+        return to_float(torch.stack(list(images)))
+
 
 class ImageTextPairs(Dataset):
     """One item per (image, non-empty caption). Empty captions are dropped and counted up front;
     undecodable images yield None and are dropped (and counted) by `PairCollator`."""
 
-    def __init__(self, records: Sequence[HasImageAndCaptions], image_size: int, max_pairs: int | None = None):
+    def __init__(
+        self,
+        records: Sequence[HasImageAndCaptions],
+        image_size: int,
+        max_pairs: int | None = None,
+        images=None,
+    ):
         self.records = records
         pairs = [(ri, ci) for ri, r in enumerate(records) for ci, c in enumerate(r.captions) if c and c.strip()]
         self.empty_captions = sum(len(r.captions) for r in records) - len(pairs)
         self.pairs = pairs[:max_pairs] if max_pairs else pairs
-        self.images = ImageCache(records, image_size)
+        # The image source: decoded pixels by default, or region features (data/regions.py); both
+        # give `get(record index)` (None if unusable) and `stack(items)` (a model-ready batch).
+        self.images = images if images is not None else ImageCache(records, image_size)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -96,7 +112,7 @@ class ImageTextPairs(Dataset):
 
 @dataclass
 class Batch:
-    images: Tensor  # float [B, 3, H, W] in [-1, 1]
+    images: Tensor  # float [B, 3, H, W] in [-1, 1], or a data.regions.Regions batch
     tokens: Tensor  # long [B, L]
     text_mask: Tensor  # bool [B, L], True = real token
     image_index: Tensor  # long [B], record index of each pair's image
@@ -118,15 +134,16 @@ class Batch:
 
 
 class PairCollator:
-    def __init__(self, tokenizer: TextTokenizer):
+    def __init__(self, tokenizer: TextTokenizer, stack=None):
         self.tokenizer = tokenizer
+        self.stack = stack or (lambda images: to_float(torch.stack(images)))
 
     def __call__(self, items: list[tuple[Tensor | None, str, int]]) -> Batch:
         good = [it for it in items if it[0] is not None]
         if not good:
             raise RuntimeError("every image in a batch failed to decode; check the dataset's image files")
         tokens, mask = self.tokenizer([c for _, c, _ in good])
-        images = to_float(torch.stack([im for im, _, _ in good]))
+        images = self.stack([im for im, _, _ in good])
         index = torch.tensor([ri for _, _, ri in good], dtype=torch.long)
         return Batch(images, tokens, mask, index, skipped=len(items) - len(good))
 

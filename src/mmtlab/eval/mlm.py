@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from mmtlab.data.pairs import ImageCache, to_float
+from mmtlab.data.pairs import ImageCache
 from mmtlab.objectives.mlm import IGNORE, mask_tokens
 from mmtlab.progress import track
 
@@ -28,11 +28,13 @@ def evaluate_mlm(
     batch_size: int = 256,
     device="cpu",
     progress: bool = True,
+    source=None,
 ) -> dict:
-    """Same masked positions for both conditions; every chosen token becomes [MASK]."""
+    """Same masked positions for both conditions; every chosen token becomes [MASK].
+    `source` gives the image inputs per record (data.loader.image_source); default: pixels."""
     model.eval()
     t = model.cfg.text
-    cache = ImageCache(records, model.cfg.image.size, keep=False)
+    cache = source if source is not None else ImageCache(records, model.cfg.image.size, keep=False)
     pairs = [(ri, c) for ri, r in enumerate(records) for c in r.captions if c and c.strip()]
     nats = {"with_image": 0.0, "without_image": 0.0}
     n_tokens = 0
@@ -60,7 +62,7 @@ def evaluate_mlm(
         )
         chosen = labels != IGNORE
         inputs = tokens.masked_fill(chosen, t.mask_id).to(device)
-        images = to_float(torch.stack([im for im, _ in chunk])).to(device)
+        images = cache.stack([im for im, _ in chunk]).to(device)
         mask = mask.to(device)
         for cond, imgs in (("with_image", images), ("without_image", None)):
             states = model(images=imgs, tokens=inputs, text_mask=mask)["text"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mmtlab.data.pairs import ImageCache, to_float
+from mmtlab.data.pairs import ImageCache
 from mmtlab.data.tokenizer import TextTokenizer
 from mmtlab.progress import track
 
@@ -82,16 +82,20 @@ def embed_records(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    source=None,
 ) -> Embedded:
-    """Encode every decodable image once and every non-empty caption of those images."""
+    """Encode every decodable image once and every non-empty caption of those images.
+
+    `source` gives the model's image inputs per record (data.loader.image_source); default: pixels.
+    """
     model.eval()
-    cache = ImageCache(records, model.cfg.image.size, keep=False)
+    cache = source if source is not None else ImageCache(records, model.cfg.image.size, keep=False)
     kept: list[int] = []
     image_embs, pending = [], []
 
     def flush():
         if pending:
-            image_embs.append(model.encode_image(to_float(torch.stack(pending)).to(device)).float().cpu())
+            image_embs.append(model.encode_image(cache.stack(pending).to(device)).float().cpu())
             pending.clear()
 
     for ri in track(range(len(records)), "encoding images", enabled=progress):
@@ -144,8 +148,8 @@ def retrieval_metrics(emb: Embedded, ks: Sequence[int] = (1, 5, 10)) -> dict:
     }
 
 
-def evaluate_retrieval(model, tokenizer, records, *, batch_size=256, device="cpu", progress=True) -> dict:
+def evaluate_retrieval(model, tokenizer, records, *, batch_size=256, device="cpu", progress=True, source=None) -> dict:
     """Dual-encoder zero-shot retrieval over `records` (each with its captions)."""
     return retrieval_metrics(
-        embed_records(model, tokenizer, records, batch_size=batch_size, device=device, progress=progress)
+        embed_records(model, tokenizer, records, batch_size=batch_size, device=device, progress=progress, source=source)
     )

@@ -27,27 +27,84 @@ def load_run(run_dir: Path, data: Path | None = None):
     return model, cfg
 
 
+RETRIEVAL_MODES = ("dual", "cross", "rerank")
+
+
 def eval_retrieval(
-    run_dir: Path, split: str = "test", data: Path | None = None, examples: bool = True, progress: bool = True
+    run_dir: Path,
+    split: str = "test",
+    data: Path | None = None,
+    examples: bool = True,
+    progress: bool = True,
+    mode: str = "dual",
+    k: int = 128,
+    max_images: int | None = None,
+    shortlist: Path | None = None,
 ) -> dict:
-    """Dual-encoder zero-shot retrieval; also draws eval/retrieval_examples.png."""
+    """Zero-shot retrieval on `split` (its first `max_images` images if given).
+
+    mode "dual": encode images and captions separately, rank by cosine (needs a contrastive head);
+    writes eval/retrieval.json and eval/retrieval_examples.png.
+    mode "cross": the ITM head scores every image x caption pair (needs an ITM head), reusing the
+    pair-independent layers; writes eval/retrieval_cross.json.
+    mode "rerank": a dual encoder shortlists each query's top `k`, the ITM head reranks them; the
+    dual encoder is the model's own contrastive head, or the run `shortlist`; writes
+    eval/retrieval_rerank.json with the shortlist's recall ceiling.
+    """
+    from mmtlab.data.loader import image_source
     from mmtlab.data.sources import load_split
-    from mmtlab.eval.examples import plot_text_to_image
     from mmtlab.eval.retrieval import embed_records, retrieval_metrics
 
+    if mode not in RETRIEVAL_MODES:
+        raise EvalError(f"retrieval mode {mode!r}: choose one of {', '.join(RETRIEVAL_MODES)}")
     run_dir = Path(run_dir)
     model, cfg = load_run(run_dir, data)
-    if model.contrastive is None:
+    if mode == "dual" and model.contrastive is None:
         raise EvalError(
             f"{run_dir}: the model has no contrastive head, so dual-encoder retrieval does not apply; "
-            "evaluate it with `mmtlab eval mlm`"
+            + ("use --mode cross" if model.itm is not None else "evaluate it with `mmtlab eval mlm`")
         )
+    if mode in ("cross", "rerank") and model.itm is None:
+        raise EvalError(f"{run_dir}: --mode {mode} needs an ITM head (train with the itm objective)")
+    if mode == "rerank" and shortlist is None and model.contrastive is None:
+        raise EvalError(f"{run_dir}: rerank needs a shortlist; the model has no contrastive head: pass --shortlist RUN")
+    if k < 1:
+        raise EvalError(f"--k must be >= 1, got {k}")
     records = load_split(cfg.data, split)
-    emb = embed_records(model, model.tokenizer, records, batch_size=cfg.eval.batch_size, progress=progress)
-    result = {"split": split, "mode": "dual", **retrieval_metrics(emb)}
-    atomic_write_json(run_dir / "eval" / "retrieval.json", result)
-    if examples:
-        plot_text_to_image(emb, records, run_dir / "eval" / "retrieval_examples.png")
+    source = image_source(cfg, records, progress)
+    if max_images is not None:
+        keep = range(min(max_images, len(records)))
+        records, source = [records[i] for i in keep], source.subset(keep)
+    bs = cfg.eval.batch_size
+    info = {"split": split, "mode": mode, "model_params": model.num_params()}
+    if mode == "dual":
+        emb = embed_records(model, model.tokenizer, records, batch_size=bs, progress=progress, source=source)
+        result = {**info, **retrieval_metrics(emb)}
+        atomic_write_json(run_dir / "eval" / "retrieval.json", result)
+        if examples:
+            from mmtlab.eval.examples import plot_text_to_image
+
+            plot_text_to_image(emb, records, run_dir / "eval" / "retrieval_examples.png")
+        return result
+
+    from mmtlab.eval.cross import cross_metrics, encode_unpaired_records
+
+    un = encode_unpaired_records(model, model.tokenizer, records, source=source, batch_size=bs, progress=progress)
+    short = None
+    if mode == "rerank":
+        short_model, short_cfg = (model, cfg) if shortlist is None else load_run(Path(shortlist), data)
+        if short_model.contrastive is None:
+            raise EvalError(f"--shortlist {shortlist}: that model has no contrastive head")
+        short_source = source if shortlist is None else image_source(short_cfg, records, progress)
+        emb = embed_records(
+            short_model, short_model.tokenizer, records, batch_size=bs, progress=progress, source=short_source
+        )
+        if emb.record_index != un.record_index or emb.texts.shape[0] != un.n_texts:
+            raise EvalError("the shortlist model and the cross-encoder disagree on which images/captions exist")
+        short = emb.images @ emb.texts.T
+        info["shortlist_from"] = str(shortlist) if shortlist is not None else "own contrastive head"
+    result = {**info, **cross_metrics(model, un, mode=mode, k=k, shortlist_scores=short, progress=progress)}
+    atomic_write_json(run_dir / "eval" / f"retrieval_{mode}.json", result)
     return result
 
 
@@ -60,10 +117,15 @@ def eval_mlm(run_dir: Path, split: str = "test", data: Path | None = None, progr
     model, cfg = load_run(run_dir, data)
     if model.mlm is None:
         raise EvalError(f"{run_dir}: the model has no MLM head (outputs: {cfg.model.outputs})")
+    from mmtlab.data.loader import image_source
+
     records = load_split(cfg.data, split)
+    source = image_source(cfg, records, progress)
     result = {
         "split": split,
-        **evaluate_mlm(model, model.tokenizer, records, batch_size=cfg.eval.batch_size, progress=progress),
+        **evaluate_mlm(
+            model, model.tokenizer, records, batch_size=cfg.eval.batch_size, progress=progress, source=source
+        ),
     }
     atomic_write_json(run_dir / "eval" / "mlm.json", result)
     return result

@@ -202,23 +202,31 @@ def asym_image_queries(depth: int, weights: Weights = "shared") -> list[LayerSpe
     return [LayerSpec(attend={TEXT: (TEXT,), IMAGE: (IMAGE, TEXT)}, weights=weights) for _ in range(depth)]
 
 
-def coattention(depth: int, weights: Weights = "per_modality") -> list[LayerSpec]:
-    """ViLBERT co-attention: each stream's queries attend to the other stream only, then
-    a self-attention + FFN per stream."""
+def coattention(
+    depth: int, text_layers: int = 0, image_layers: int = 0, weights: Weights = "per_modality"
+) -> list[LayerSpec]:
+    """ViLBERT: single-stream layers first (ViLBERT-base has 6 text-only BERT layers before the
+    first co-attention and none on the image side), then `depth` co-attention blocks. A block is a
+    co-attention transformer layer (Co-TRM: each stream's queries attend only to the other
+    stream's keys/values, then that stream's FFN) followed by a standard self-attention + FFN layer
+    (TRM) per stream. Each stream has its own weights."""
     cross = {TEXT: (IMAGE,), IMAGE: (TEXT,)}
-    layers = []
+    layers = [LayerSpec(attend={TEXT: (TEXT,)}, weights=weights) for _ in range(text_layers)]
+    layers += [LayerSpec(attend={IMAGE: (IMAGE,)}, weights=weights) for _ in range(image_layers)]
     for _ in range(depth):
-        layers += [LayerSpec(attend=cross, weights=weights, ffn=False), LayerSpec(attend=SELF, weights=weights)]
+        layers += [LayerSpec(attend=cross, weights=weights), LayerSpec(attend=SELF, weights=weights)]
     return layers
 
 
-def lxmert(depth: int = 0, text_layers: int = 3, image_layers: int = 2, cross_layers: int = 2) -> list[LayerSpec]:
-    """LXMERT: language layers, object-relationship layers, then cross-modality layers
-    (co-attention with weights shared by both directions, then per-stream self-attention + FFN)."""
-    del depth  # LXMERT is sized by its three layer counts
+def lxmert(
+    depth: int = 0, text_layers: int = 3, image_layers: int = 2, cross_layers: int | None = None
+) -> list[LayerSpec]:
+    """LXMERT: language layers, object-relationship layers, then cross-modality layers (LXMERT-base:
+    9, 5, 5). A cross-modality layer is cross-attention whose weights both directions share, then
+    per-stream self-attention, then per-stream FFN. `cross_layers` defaults to `depth`."""
     layers = [LayerSpec(attend={TEXT: (TEXT,)}) for _ in range(text_layers)]
     layers += [LayerSpec(attend={IMAGE: (IMAGE,)}) for _ in range(image_layers)]
-    for _ in range(cross_layers):
+    for _ in range(depth if cross_layers is None else cross_layers):
         layers += [
             LayerSpec(attend={TEXT: (IMAGE,), IMAGE: (TEXT,)}, weights="shared", ffn=False),
             LayerSpec(attend=SELF, weights="per_modality"),
@@ -242,6 +250,17 @@ PRESETS: dict[str, Callable[..., list[LayerSpec]]] = {
     "lxmert": lxmert,
     "mixed": mixed,
 }
+
+
+def unimodal_prefix(specs: list[LayerSpec]) -> int:
+    """Number of leading layers in which no stream reads another one. Their output for an image
+    (or a caption) does not depend on what it is paired with, so cross-encoder retrieval runs them
+    once per image and once per caption: all layers of a dual encoder, the first k of mixed(k),
+    the single-stream layers of co-attention and LXMERT, none of a merged model."""
+    for i, s in enumerate(specs):
+        if s.cross_attention or any(k != q for q, keys in s.attend.items() for k in keys):
+            return i
+    return len(specs)
 
 
 def build_layout(name: str, depth: int, **kwargs) -> list[LayerSpec]:

@@ -55,3 +55,35 @@ class MLMHead(nn.Module):
     def forward(self, x: Tensor, token_embedding: Tensor) -> Tensor:
         # The embedding matrix is passed in rather than held, so the checkpoint stores it once.
         return F.linear(self.norm(F.gelu(self.dense(x))), token_embedding, self.bias)
+
+
+class ITMHead(nn.Module):
+    """Image-text matching logit of a pair from its pooled text and image states: a BERT pooler
+    (dense + tanh) per stream, their element-wise product, then a linear classifier (ViLBERT's
+    "mul" fusion). The product gives every layout a path: single-stream models read fused
+    states, and a dual encoder still learns a (weighted) dot product of its two embeddings."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.text_pool = nn.Linear(dim, dim)
+        self.image_pool = nn.Linear(dim, dim)
+        self.classifier = nn.Linear(dim, 1)
+
+    def forward(self, text_pooled: Tensor, image_pooled: Tensor) -> Tensor:
+        fused = torch.tanh(self.text_pool(text_pooled)) * torch.tanh(self.image_pool(image_pooled))
+        return self.classifier(fused).squeeze(-1)
+
+
+class MRMHead(nn.Module):
+    """Masked region modelling: BERT's transform, then detector-class logits (mrm_cls, mrm_kl) and
+    a regression of the region's detector feature (mrm_regress)."""
+
+    def __init__(self, dim: int, num_classes: int, feature_dim: int):
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.classes = nn.Linear(dim, num_classes)
+        self.features = nn.Linear(dim, feature_dim)
+
+    def transform(self, x: Tensor) -> Tensor:
+        return self.norm(F.gelu(self.dense(x)))

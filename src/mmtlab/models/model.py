@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from mmtlab.config import ModelConfig
-from mmtlab.models.fusion import FusionEncoder, build_layout
-from mmtlab.models.heads import ContrastiveHead, MLMHead, pool
+from mmtlab.data.regions import Regions
+from mmtlab.models.fusion import FusionEncoder, build_layout, unimodal_prefix
+from mmtlab.models.heads import ContrastiveHead, ITMHead, MLMHead, MRMHead, pool
+from mmtlab.models.regions import RegionEmbedding
 from mmtlab.models.text import TextEmbedding
 from mmtlab.models.vision import PatchEmbedding
+
+Images = Tensor | Regions  # pixels [B, 3, H, W] in [-1, 1], or detector regions
 
 
 class MultimodalTransformer(nn.Module):
@@ -25,13 +30,24 @@ class MultimodalTransformer(nn.Module):
         self.cfg = cfg
         d = cfg.width
         self.text_embed = TextEmbedding(cfg.text.vocab_size, d, cfg.text.max_len)
-        self.image_embed = PatchEmbedding(cfg.image.size, cfg.image.patch, d, cfg.image.channels, cls_token=True)
+        if cfg.image.input == "regions":
+            if cfg.image.region_dim is None:
+                raise ValueError("model.image.region_dim is not set (it comes from the detector)")
+            self.image_embed = RegionEmbedding(cfg.image.region_dim, d)
+        else:
+            self.image_embed = PatchEmbedding(cfg.image.size, cfg.image.patch, d, cfg.image.channels, cls_token=True)
         self.layout = build_layout(cfg.layout, cfg.depth, **cfg.layout_args)
         self.encoder = FusionEncoder(self.layout, d, cfg.heads, cfg.mlp_ratio, cfg.dropout)
         self.norm = nn.ModuleDict({"text": nn.LayerNorm(d), "image": nn.LayerNorm(d)})
         outputs = cfg.outputs or []
         self.contrastive = ContrastiveHead(d, cfg.embed_dim) if "contrastive" in outputs else None
         self.mlm = MLMHead(d, cfg.text.vocab_size) if "mlm" in outputs else None
+        self.itm = ITMHead(d) if "itm" in outputs else None
+        self.mrm = None
+        if "mrm" in outputs:
+            if cfg.image.input != "regions" or cfg.image.region_classes is None:
+                raise ValueError("the mrm head needs region inputs with model.image.region_classes set")
+            self.mrm = MRMHead(d, cfg.image.region_classes, cfg.image.region_dim)
         self.apply(_init_weights)
         # GPT-2 style: scale residual output projections by depth so the stream's variance stays flat.
         for name, p in self.named_parameters():
@@ -40,9 +56,26 @@ class MultimodalTransformer(nn.Module):
 
     # -- encoders -----------------------------------------------------------------------------
 
+    def embed_text(self, tokens: Tensor, text_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Text tokens [B, L, D] before the encoder and their key mask (None: no padding)."""
+        return self.text_embed(tokens), None if text_mask is None or bool(text_mask.all()) else text_mask
+
+    def embed_image(
+        self, images: Images, pos_box: tuple[float, float, float, float] | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Image tokens [B, N, D] before the encoder (first token: [CLS] / the global [IMG] region)
+        and their key mask (None: no padding)."""
+        if isinstance(images, Regions):
+            if self.cfg.image.input != "regions":
+                raise ValueError("this model reads pixels (model.image.input: patches), not regions")
+            return self.image_embed(images)
+        if self.cfg.image.input == "regions":
+            raise ValueError("this model reads detector regions (model.image.input: regions), not pixels")
+        return self.image_embed(images, pos_box), None
+
     def forward(
         self,
-        images: Tensor | None = None,
+        images: Images | None = None,
         tokens: Tensor | None = None,
         text_mask: Tensor | None = None,
         *,
@@ -51,14 +84,19 @@ class MultimodalTransformer(nn.Module):
         """Joint forward of whatever modalities are given. Returns final-normed token states."""
         x, pad = {}, {}
         if tokens is not None:
-            x["text"] = self.text_embed(tokens)
-            pad["text"] = None if text_mask is None or bool(text_mask.all()) else text_mask
+            x["text"], pad["text"] = self.embed_text(tokens, text_mask)
         if images is not None:
-            x["image"] = self.image_embed(images, pos_box)
+            x["image"], pad["image"] = self.embed_image(images, pos_box)
         if not x:
             raise ValueError("forward needs images, tokens or both")
         x = self.encoder(x, pad)
         return {m: self.norm[m](h) for m, h in x.items()}
+
+    def image_key_mask(self, images: Images) -> Tensor | None:
+        """[B, N] True for real image tokens (regions may be padded), None when all are real."""
+        if not isinstance(images, Regions) or bool(images.mask.all()):
+            return None
+        return torch.cat([images.mask.new_ones(len(images), 1), images.mask], dim=1)
 
     def _require(self, head: str):
         if getattr(self, head) is None:
@@ -68,7 +106,7 @@ class MultimodalTransformer(nn.Module):
         """L2-normalised image embeddings [B, E] (models with a contrastive head)."""
         self._require("contrastive")
         h = self(images=images)["image"]
-        return self.contrastive.embed_image(pool(h, None, self.cfg.pool))
+        return self.contrastive.embed_image(pool(h, self.image_key_mask(images), self.cfg.pool))
 
     def encode_text(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         """L2-normalised text embeddings [B, E] (models with a contrastive head)."""
@@ -76,14 +114,72 @@ class MultimodalTransformer(nn.Module):
         h = self(tokens=tokens, text_mask=mask)["text"]
         return self.contrastive.embed_text(pool(h, mask, self.cfg.pool))
 
-    def score(self, images: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+    def score(self, images: Images, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         """Matching logits [B] for the pairs (images[i], tokens[i]).
 
-        Dual encoders: scaled cosine similarity. Cross-encoder (ITM) scoring comes with the ITM head.
+        Models with an ITM head: the cross-encoder's image-text-matching logit of the joint
+        forward. Otherwise (dual encoders): the scaled cosine similarity of the embeddings.
         """
+        if self.itm is not None:
+            states = self(images=images, tokens=tokens, text_mask=mask)
+            return self.itm_logits(states["text"], states["image"], mask, self.image_key_mask(images))
         self._require("contrastive")
         img, txt = self.encode_image(images), self.encode_text(tokens, mask)
         return self.contrastive.scale() * (img * txt).sum(-1)
+
+    def itm_logits(
+        self, text_states: Tensor, image_states: Tensor, text_mask: Tensor | None, image_mask: Tensor | None = None
+    ) -> Tensor:
+        """ITM logits [B] from final (normed) joint states of B pairs."""
+        self._require("itm")
+        return self.itm(pool(text_states, text_mask, self.cfg.pool), pool(image_states, image_mask, self.cfg.pool))
+
+    # -- cross-encoder scoring of many pairs ---------------------------------------------------
+
+    @property
+    def unimodal_layers(self) -> int:
+        """Leading encoder layers whose outputs do not depend on the pairing (fusion.unimodal_prefix)."""
+        return unimodal_prefix(self.layout)
+
+    def encode_unpaired(
+        self, images: Images | None = None, tokens: Tensor | None = None, text_mask: Tensor | None = None
+    ) -> dict[str, tuple[Tensor, Tensor | None]]:
+        """The pair-independent part of a joint forward, for images and/or captions on their own:
+        embeddings and the unimodal prefix layers. Returns {stream: (states, key mask)}."""
+        p = self.unimodal_layers
+        out = {}
+        if tokens is not None:
+            x, pad = self.embed_text(tokens, text_mask)
+            out["text"] = (self.encoder({"text": x}, {"text": pad}, layers=slice(0, p))["text"], pad)
+        if images is not None:
+            x, pad = self.embed_image(images)
+            out["image"] = (self.encoder({"image": x}, {"image": pad}, layers=slice(0, p))["image"], pad)
+        return out
+
+    def pair_logits(
+        self,
+        text: tuple[Tensor, Tensor | None],
+        image: tuple[Tensor, Tensor | None],
+        text_index: Tensor,
+        image_index: Tensor,
+    ) -> Tensor:
+        """ITM logits [P] of the pairs (image_index[k], text_index[k]), given `encode_unpaired`
+        outputs: only the layers after the unimodal prefix run per pair. Text padding beyond the
+        longest caption among the pairs is cut off (keys there are masked anyway)."""
+        tx, tpad = text
+        ix, ipad = image
+        # index_select, not x[idx]: with repeated indices the backward of advanced indexing sums
+        # in a thread-dependent order on CPU, which would make training non-reproducible.
+        tpad = None if tpad is None else tpad[text_index]
+        tx = tx.index_select(0, text_index)
+        if tpad is not None:
+            n = int(tpad.sum(1).max())
+            tx, tpad = tx[:, :n], tpad[:, :n]
+            tpad = None if bool(tpad.all()) else tpad
+        ipad = None if ipad is None else ipad[image_index]
+        x = {"text": tx, "image": ix.index_select(0, image_index)}
+        x = self.encoder(x, {"text": tpad, "image": ipad}, layers=slice(self.unimodal_layers, None))
+        return self.itm_logits(self.norm["text"](x["text"]), self.norm["image"](x["image"]), tpad, ipad)
 
     def mlm_logits(self, text_states: Tensor) -> Tensor:
         self._require("mlm")

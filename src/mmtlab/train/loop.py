@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 
 from mmtlab.config import ConfigError, RunConfig, dump_config
-from mmtlab.data.loader import training_batches, training_dataset
+from mmtlab.data.loader import image_source, training_batches, training_dataset, with_image_inputs
 from mmtlab.data.sources import load_split
 from mmtlab.data.tokenizer import TextTokenizer, load_tokenizer, train_wordpiece
 from mmtlab.io import atomic_write_text
@@ -150,16 +150,18 @@ def _train(
     dp.barrier()
     if not dp.is_main:
         tok = load_tokenizer(run_dir / "tokenizer.json", cfg.model.text.max_len)
-    cfg = with_tokenizer(cfg, tok)
+    cfg = with_image_inputs(with_tokenizer(cfg, tok), getattr(pairs, "images", None))
     if dp.is_main:
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     val_records = (
         load_split(cfg.data, cfg.data.val_split)[: cfg.train.eval_max_images] if cfg.train.eval_every else None
     )
+    val_source = image_source(cfg, val_records, progress=False) if val_records is not None else None
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
     objectives = build_objectives(cfg).to(device)
+    objectives.bind_data(pairs, tok)
     resuming = ckpt is not None and resume
     if not resuming and cfg.train.init_from:
         loaded = init_from(cfg.train.init_from, model)
@@ -257,7 +259,7 @@ def _train(
                 end = done
                 break
             if val_records is not None and (done % tcfg.eval_every == 0 or done == total):
-                val = validate(model, tok, val_records, cfg, device)
+                val = validate(model, tok, val_records, cfg, device, val_source)
                 log.log(done, **{f"val/{k}": v for k, v in val.items() if isinstance(v, int | float)})
                 model.train()
     log.close()
@@ -280,11 +282,14 @@ def _load_checkpoint(ckpt: Path, model, optimizer, dp: DataParallel) -> dict:
     return load_checkpoint(ckpt, model, optimizer)
 
 
-def validate(model, tok, records, cfg: RunConfig, device) -> dict:
+def validate(model, tok, records, cfg: RunConfig, device, source=None) -> dict:
+    kw = dict(batch_size=cfg.eval.batch_size, device=device, progress=False, source=source)
     if model.contrastive is not None:
         from mmtlab.eval.retrieval import evaluate_retrieval
 
-        return evaluate_retrieval(model, tok, records, batch_size=cfg.eval.batch_size, device=device, progress=False)
+        return evaluate_retrieval(model, tok, records, **kw)
+    if model.mlm is None:  # an ITM-only cross-encoder: no cheap validation metric
+        return {}
     from mmtlab.eval.mlm import evaluate_mlm
 
-    return evaluate_mlm(model, tok, records, batch_size=cfg.eval.batch_size, device=device, progress=False)
+    return evaluate_mlm(model, tok, records, **kw)
