@@ -29,6 +29,20 @@ class ImageConfig(Strict):
     size: int = Field(64, gt=0, description="input resolution in pixels (square)")
     patch: int = Field(8, gt=0, description="ViT patch size in pixels")
     channels: int = 3
+    cpe: bool = Field(
+        False, description="cropped positional embeddings (RO-ViT, MaMMUT): train on a random crop of the grid"
+    )
+    cpe_scale: tuple[float, float] = Field((0.1, 1.0), description="CPE: range of the crop's area fraction")
+    cpe_ratio: tuple[float, float] = Field((0.5, 2.0), description="CPE: range of the crop's aspect ratio")
+
+    @model_validator(mode="after")
+    def _cpe_ranges(self):
+        lo, hi = self.cpe_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"image.cpe_scale must satisfy 0 < low <= high <= 1, got {self.cpe_scale}")
+        if not 0 < self.cpe_ratio[0] <= self.cpe_ratio[1]:
+            raise ValueError(f"image.cpe_ratio must satisfy 0 < low <= high, got {self.cpe_ratio}")
+        return self
 
 
 class TextConfig(Strict):
@@ -41,13 +55,26 @@ class TextConfig(Strict):
 
 
 OutputHead = Literal["contrastive", "mlm"]
+# Families with a text decoder (models/decoder.py); each has a layout preset of the same name.
+DECODER_ARCHS = ("mammut", "coca", "dual_captioner")
 
 
 class ModelConfig(Strict):
-    arch: Literal["encoder"] = Field("encoder", description="model family (models/__init__.py: ARCHS)")
+    arch: Literal["encoder", "mammut", "coca", "dual_captioner"] = Field(
+        "encoder", description="model family (models/__init__.py: ARCHS)"
+    )
     layout: Literal[
-        "merged", "modality_specific", "asym_text_queries", "asym_image_queries", "coattention", "lxmert", "mixed"
-    ] = "modality_specific"
+        "merged",
+        "modality_specific",
+        "asym_text_queries",
+        "asym_image_queries",
+        "coattention",
+        "lxmert",
+        "mixed",
+        "mammut",
+        "coca",
+        "dual_captioner",
+    ] = Field("modality_specific", description="attention layout preset; decoder families: the arch's own")
     layout_args: dict[str, Any] = Field(default_factory=dict, description="extra preset arguments, e.g. {k: 2}")
     width: int = Field(128, gt=0)
     depth: int = Field(4, ge=0)
@@ -59,6 +86,29 @@ class ModelConfig(Strict):
     outputs: list[OutputHead] | None = Field(None, description="output heads; default: what the objectives need")
     image: ImageConfig = Field(default_factory=ImageConfig)
     text: TextConfig = Field(default_factory=TextConfig)
+    logit_bias: float | None = Field(
+        None, description="learned bias of the contrastive logits; -10 (SigLIP) when a sigmoid loss is used"
+    )
+    caption_queries: int | None = Field(
+        None, gt=0, description="coca: attention-pool the image to N learned queries for the decoder (null: all tokens)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _layout_of_family(cls, data):
+        if isinstance(data, dict) and data.get("arch") in DECODER_ARCHS and "layout" not in data:
+            data = {**data, "layout": data["arch"]}
+        return data
+
+    @model_validator(mode="after")
+    def _family_layout(self):
+        if self.arch in DECODER_ARCHS and self.layout != self.arch:
+            raise ValueError(f"layout {self.layout!r} does not fit arch {self.arch!r} (use layout: {self.arch})")
+        if self.arch == "encoder" and self.layout in DECODER_ARCHS:
+            raise ValueError(f"layout {self.layout!r} needs arch: {self.layout}")
+        if self.caption_queries is not None and self.arch != "coca":
+            raise ValueError("caption_queries applies to arch coca only")
+        return self
 
     @model_validator(mode="after")
     def _divisible(self):
@@ -84,6 +134,9 @@ class DataConfig(Strict):
     test_split: str = "test"
     num_workers: int = Field(0, ge=0)
     max_train_pairs: int | None = Field(None, gt=0, description="use only the first N training pairs")
+    task: Literal["captions", "vqa"] = Field(
+        "captions", description="training text: captions, or VQA prompts from each image's boxes (answer-only loss)"
+    )
 
 
 class TrainConfig(Strict):
@@ -110,10 +163,23 @@ class TrainConfig(Strict):
 class ObjectiveConfig(Strict):
     weight: float = Field(1.0, ge=0)
     mask_prob: float | None = Field(None, gt=0, lt=1, description="mlm: fraction of tokens to mask (0.15)")
+    gamma: float | None = Field(None, ge=0, description="focal_contrastive: focusing parameter (1.0)")
 
 
 class EvalConfig(Strict):
     batch_size: int = Field(256, gt=0)
+
+
+ObjectiveName = Literal["contrastive", "siglip", "focal_contrastive", "zloss", "mlm", "caption"]
+# The output head each objective needs (caption uses the decoder's tied LM head, always present).
+OBJECTIVE_HEADS = {
+    "contrastive": "contrastive",
+    "siglip": "contrastive",
+    "focal_contrastive": "contrastive",
+    "zloss": "contrastive",
+    "mlm": "mlm",
+}
+SIGMOID_LOSSES = ("siglip", "focal_contrastive")
 
 
 class RunConfig(Strict):
@@ -121,9 +187,7 @@ class RunConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    objectives: dict[Literal["contrastive", "mlm"], ObjectiveConfig] = Field(
-        default_factory=lambda: {"contrastive": ObjectiveConfig()}
-    )
+    objectives: dict[ObjectiveName, ObjectiveConfig] = Field(default_factory=lambda: {"contrastive": ObjectiveConfig()})
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
@@ -137,8 +201,17 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _heads_for_objectives(self):
         if not self.objectives:
-            raise ValueError("objectives: at least one objective is needed (contrastive, mlm)")
-        needed = [h for h in ("contrastive", "mlm") if h in self.objectives]
+            raise ValueError("objectives: at least one objective is needed (contrastive, mlm, caption, ...)")
+        decoder = self.model.arch in DECODER_ARCHS
+        if "caption" in self.objectives and not decoder:
+            raise ValueError(f"objectives.caption needs a text decoder: model.arch one of {', '.join(DECODER_ARCHS)}")
+        if "mlm" in self.objectives and decoder:
+            raise ValueError(f"objectives.mlm needs model.arch encoder (got {self.model.arch}; use caption)")
+        if self.data.task == "vqa" and not decoder:
+            raise ValueError("data.task vqa trains a generative answer: model.arch must be a decoder family")
+        if any(o in self.objectives for o in SIGMOID_LOSSES) and self.model.logit_bias is None:
+            self.model.logit_bias = -10.0  # SigLIP's initialisation (Zhai et al. 2023)
+        needed = list(dict.fromkeys(OBJECTIVE_HEADS[o] for o in self.objectives if o in OBJECTIVE_HEADS))
         if self.model.outputs is None:
             self.model.outputs = needed
         else:

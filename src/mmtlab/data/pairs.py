@@ -101,6 +101,7 @@ class Batch:
     text_mask: Tensor  # bool [B, L], True = real token
     image_index: Tensor  # long [B], record index of each pair's image
     skipped: int = 0  # pairs dropped because their image could not be decoded
+    target_mask: Tensor | None = None  # bool [B, L]: tokens a generative loss predicts (None: all real ones)
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -112,6 +113,7 @@ class Batch:
             self.text_mask.to(device, non_blocking=True),
             self.image_index.to(device, non_blocking=True),
             self.skipped,
+            None if self.target_mask is None else self.target_mask.to(device, non_blocking=True),
         )
 
 

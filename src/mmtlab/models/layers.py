@@ -108,3 +108,22 @@ def key_mask(
             block = torch.ones(1, 1, 1, n, dtype=torch.bool, device=device)
         parts.append(block.expand(batch, 1, n_queries, n))
     return torch.cat(parts, dim=-1)
+
+
+class KVCache:
+    """Keys/values of past decoding steps, per layer: the text self-attention's grow by the new
+    tokens at every step; the cross-attention's (image context) are computed on the first step and
+    reused. `length` counts the tokens already processed (the position of the next one)."""
+
+    def __init__(self):
+        self.layers: dict[int, dict[str, Tensor]] = {}
+        self.length = 0
+
+    def layer(self, i: int) -> dict[str, Tensor]:
+        return self.layers.setdefault(i, {})
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep rows `index` of every cached tensor (beam search: beams follow their parents)."""
+        for entry in self.layers.values():
+            for k, t in entry.items():
+                entry[k] = t.index_select(0, index)

@@ -2,8 +2,11 @@
 
 An objective reads the forward passes it needs from a `StepContext`, which computes each pass
 at most once per step: contrastive reads `step.embeddings` (clean unimodal passes), MLM reads
-`step.masked` (joint pass over the image and the masked caption). Two objectives that need the
-same pass share it.
+`step.masked` (joint pass over the image and the masked caption), caption reads `step.caption`
+(the generative pass of decoder families). Two objectives that need the same pass share it.
+Passes run on first use and the objectives are visited in a fresh random order every step, so
+a two-pass model (MaMMUT: contrastive and generative) runs its passes in shuffled order; the
+weighted sum gets one backward.
 """
 
 from __future__ import annotations
@@ -14,11 +17,33 @@ from functools import cached_property
 import torch
 from torch import Tensor, nn
 
-from mmtlab.config import RunConfig
+from mmtlab.config import DECODER_ARCHS, RunConfig
+from mmtlab.models.vision import random_crop_boxes
+from mmtlab.objectives.caption import Caption, caption_loss, next_token_labels
 from mmtlab.objectives.contrastive import Contrastive, info_nce
 from mmtlab.objectives.mlm import MLM, mask_tokens, mlm_loss
+from mmtlab.objectives.sigmoid import FocalContrastive, SigLIP, focal_sigmoid_loss, sigmoid_loss
+from mmtlab.objectives.zloss import ZLoss, z_loss
 
-__all__ = ["Contrastive", "MLM", "Objectives", "StepContext", "build_objectives", "info_nce", "mask_tokens", "mlm_loss"]
+__all__ = [
+    "MLM",
+    "Caption",
+    "Contrastive",
+    "FocalContrastive",
+    "Objectives",
+    "SigLIP",
+    "StepContext",
+    "ZLoss",
+    "build_objectives",
+    "caption_loss",
+    "focal_sigmoid_loss",
+    "info_nce",
+    "mask_tokens",
+    "mlm_loss",
+    "next_token_labels",
+    "sigmoid_loss",
+    "z_loss",
+]
 
 
 @dataclass
@@ -26,6 +51,12 @@ class MaskedPass:
     inputs: Tensor  # token ids after masking
     labels: Tensor  # original ids at chosen positions, -100 elsewhere
     text_states: Tensor  # final text states of the joint forward [B, L, D]
+
+
+@dataclass
+class CaptionPass:
+    logits: Tensor  # [B, L - 1, V]: position t predicts token t + 1
+    labels: Tensor  # [B, L - 1]: token t + 1, or IGNORE (padding, VQA prompt)
 
 
 class StepContext:
@@ -37,10 +68,55 @@ class StepContext:
         self.generator = generator
         self.mask_prob = mask_prob
 
+    @property
+    def decoder(self) -> bool:
+        return self.model.cfg.arch in DECODER_ARCHS
+
+    @cached_property
+    def pos_box(self) -> Tensor | None:
+        """Cropped positional embeddings: one random crop of the positional grid per image, in training."""
+        image = self.model.cfg.image
+        if not (image.cpe and self.model.training):
+            return None
+        g = self.generator
+        boxes = random_crop_boxes(len(self.batch), g, image.cpe_scale, image.cpe_ratio)
+        return boxes.to(self.batch.images.device)
+
+    @cached_property
+    def image_tokens(self) -> Tensor:
+        """Decoder families: the ViT's tokens, encoded once for both passes."""
+        return self.model.image_tokens(self.batch.images, pos_box=self.pos_box)
+
+    @cached_property
+    def text_features(self) -> Tensor:
+        """Decoder families: the contrastive text pass (no image; bidirectional for MaMMUT)."""
+        return self.model.text_features(self.batch.tokens, self.batch.text_mask)
+
     @cached_property
     def embeddings(self) -> tuple[Tensor, Tensor]:
         b = self.batch
-        return self.model.encode_image(b.images), self.model.encode_text(b.tokens, b.text_mask)
+        if self.decoder:
+            return self.model.embed_image(self.image_tokens), self.model.embed_text(self.text_features, b.text_mask)
+        image = (
+            self.model.encode_image(b.images)
+            if self.pos_box is None
+            else self.model.encode_image(b.images, self.pos_box)
+        )
+        return image, self.model.encode_text(b.tokens, b.text_mask)
+
+    @cached_property
+    def contrastive_logits(self) -> Tensor:
+        """Pairwise image-text logits [B, B] (scale * cosine + bias), in fp32."""
+        image_emb, text_emb = self.embeddings
+        return self.model.contrastive.logits(image_emb.float(), text_emb.float())
+
+    @cached_property
+    def caption(self) -> CaptionPass:
+        """Decoder families: the generative pass (causal, cross-attention to the image)."""
+        b = self.batch
+        reuse = self.text_features if self.model.caption_continues_contrastive else None
+        logits = self.model.caption_logits(self.image_tokens, b.tokens, text_features=reuse)[:, :-1]
+        return CaptionPass(logits, next_token_labels(b.tokens, b.text_mask, b.target_mask))
 
     @cached_property
     def masked(self) -> MaskedPass:
@@ -58,7 +134,14 @@ class StepContext:
         return MaskedPass(inputs, labels, states)
 
 
-REGISTRY: dict[str, type[nn.Module]] = {"contrastive": Contrastive, "mlm": MLM}
+REGISTRY: dict[str, type[nn.Module]] = {
+    "contrastive": Contrastive,
+    "siglip": SigLIP,
+    "focal_contrastive": FocalContrastive,
+    "zloss": ZLoss,
+    "mlm": MLM,
+    "caption": Caption,
+}
 
 
 class Objectives(nn.Module):
@@ -70,17 +153,26 @@ class Objectives(nn.Module):
         mlm = cfg.objectives.get("mlm")
         self.mask_prob = mlm.mask_prob if mlm is not None and mlm.mask_prob is not None else 0.15
         self.losses = nn.ModuleDict()
-        for name in cfg.objectives:
-            self.losses[name] = MLM(self.mask_prob) if name == "mlm" else REGISTRY[name]()
+        for name, oc in cfg.objectives.items():
+            if name == "mlm":
+                self.losses[name] = MLM(self.mask_prob)
+            elif name == "focal_contrastive":
+                self.losses[name] = FocalContrastive(1.0 if oc.gamma is None else oc.gamma)
+            else:
+                self.losses[name] = REGISTRY[name]()
 
     def forward(self, model: nn.Module, batch, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         step = StepContext(model, batch, generator, self.mask_prob)
+        names = list(self.losses)
+        if len(names) > 1:  # a fresh order each step: no pass always runs first
+            order = torch.randperm(len(names), generator=generator, device=generator.device).tolist()
+            names = [names[i] for i in order]
         total, parts = 0.0, {}
-        for name, fn in self.losses.items():
-            value = fn(step)
+        for name in names:
+            value = self.losses[name](step)
             parts[name] = value.detach()
             total = total + self.weights[name] * value
-        return total, parts
+        return total, {name: parts[name] for name in self.losses}
 
 
 def build_objectives(cfg: RunConfig) -> Objectives:
