@@ -4,6 +4,10 @@ measured in the same process (so the ratio holds on a noisy machine).
     python benchmarks/train_throughput.py                       # the demo's model (configs/runs/demo.yaml)
     python benchmarks/train_throughput.py --model dual-tiny --model merged-tiny --objectives mlm
     python benchmarks/train_throughput.py --precision bf16 --batch-size 256
+    python benchmarks/train_throughput.py --model demo --model mammut-tiny --model coca-tiny
+
+Objectives default to contrastive, and to contrastive + caption for decoder families (MaMMUT: its
+two passes, with CPE crops as in training).
 
 FLOPs per step come from torch.utils.flop_counter (forward + backward of the real objective);
 peak is the best of a few large fp32 (or bf16) matmuls on the same threads. Writes JSON to stdout
@@ -22,7 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmtlab.config import CONFIG_DIR, load_config
+from mmtlab.config import CONFIG_DIR, DECODER_ARCHS, load_config
 from mmtlab.data.pairs import Batch
 from mmtlab.models import build_model
 from mmtlab.objectives import build_objectives
@@ -58,9 +62,14 @@ def synthetic_batch(cfg, batch_size: int, seq_len: int, g: torch.Generator) -> B
     return Batch(images, tokens, torch.ones_like(tokens, dtype=torch.bool), torch.arange(batch_size))
 
 
-def measure(model_name: str, objectives: list[str], batch_size: int, seq_len: int, steps: int, precision: str) -> dict:
+def measure(
+    model_name: str, objectives: list[str] | None, batch_size: int, seq_len: int, steps: int, precision: str
+) -> dict:
     """`model_name`: a model config name, or "demo" for the model of configs/runs/demo.yaml."""
     model = load_config(CONFIG_DIR / "runs" / "demo.yaml").model_dump()["model"] if model_name == "demo" else model_name
+    if objectives is None:
+        arch = load_config({"model": model}).model.arch
+        objectives = ["contrastive", "caption"] if arch in DECODER_ARCHS else ["contrastive"]
     cfg = load_config(
         {"model": model, "objectives": {o: 1.0 for o in objectives}},
         ["model.outputs=null", "model.text.vocab_size=4096", f"train.precision={precision}"],
@@ -114,7 +123,9 @@ def measure(model_name: str, objectives: list[str], batch_size: int, seq_len: in
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", help="model config name(s), or 'demo' (the default)")
-    p.add_argument("--objectives", default="contrastive", help="comma-separated objectives")
+    p.add_argument(
+        "--objectives", default=None, help="comma-separated objectives (default: contrastive[,caption for decoders])"
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--text-len", type=int, default=24, help="tokens per caption (emoji-scenes captions average ~15-25)")
     p.add_argument("--steps", type=int, default=10)
@@ -124,7 +135,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = [
-        measure(m, args.objectives.split(","), args.batch_size, args.text_len, args.steps, args.precision)
+        measure(
+            m,
+            args.objectives.split(",") if args.objectives else None,
+            args.batch_size,
+            args.text_len,
+            args.steps,
+            args.precision,
+        )
         for m in (args.model or ["demo"])
     ]
     result = {

@@ -89,7 +89,9 @@ def test_each_variant_trains_a_dual_encoder_step(loss):
         ["model.text.vocab_size=30"],
     )
     model = build_model(cfg)
-    b = Batch(torch.randn(4, 3, 16, 16), torch.randint(5, 30, (4, 6)), torch.ones(4, 6, dtype=torch.bool), torch.arange(4))
+    b = Batch(
+        torch.randn(4, 3, 16, 16), torch.randint(5, 30, (4, 6)), torch.ones(4, 6, dtype=torch.bool), torch.arange(4)
+    )
     total, parts = build_objectives(cfg)(model, b, torch.Generator().manual_seed(0))
     total.backward()
     assert set(parts) == set(objectives) and torch.isfinite(total)

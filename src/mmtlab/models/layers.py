@@ -122,8 +122,14 @@ class KVCache:
     def layer(self, i: int) -> dict[str, Tensor]:
         return self.layers.setdefault(i, {})
 
+    # Entries computed from the context alone (an image's cross-attention keys/values). Beam search
+    # reorders beams only within their own batch item, where these rows are all the same.
+    context_entries = ("cross_k", "cross_v")
+
     def reorder(self, index: Tensor) -> None:
-        """Keep rows `index` of every cached tensor (beam search: beams follow their parents)."""
+        """Keep rows `index` of the self-attention keys/values (beam search: beams follow their
+        parents within a batch item)."""
         for entry in self.layers.values():
             for k, t in entry.items():
-                entry[k] = t.index_select(0, index)
+                if k not in self.context_entries:
+                    entry[k] = t.index_select(0, index)
