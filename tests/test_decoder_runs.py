@@ -4,6 +4,7 @@ new resolution, the comparison study's configs."""
 import json
 
 import pytest
+import torch
 import yaml
 from conftest import tiny_run_config
 from typer.testing import CliRunner
@@ -95,6 +96,15 @@ def test_cpe_model_trained_at_64px_keeps_its_recall_at_96px(tiny_data, tmp_path)
         r1[size] = (r["t2i_r1"] + r["i2t_r1"]) / 2
     assert r1[64] >= 60, r1  # it did learn the pairs
     assert r1[96] >= r1[64] - 25, r1
+    # Fine-tuning at 96 px starts from the positional grid resampled to 6x6.
+    from mmtlab.models import build_model
+    from mmtlab.models.vision import sample_pos_grid
+    from mmtlab.train.checkpoint import init_from
+
+    big = build_model(mmtlab.load_config(tmp_path / "run" / "config.yaml", ["model.image.size=96"]))
+    init_from(tmp_path / "run", big)
+    trained = mmtlab.load(tmp_path / "run").image_embed.pos
+    torch.testing.assert_close(big.image_embed.pos.detach(), sample_pos_grid(trained.detach(), (6, 6), None))
 
 
 def test_comparison_study_validates(tmp_path):

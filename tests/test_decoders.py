@@ -309,3 +309,51 @@ def test_rows_are_padded_after_eos():
 
     out = generate(step, None, torch.full((2, 1), 2), max_new_tokens=4, eos_id=3, pad_id=0, use_cache=False)
     assert out.tolist() == [[2, 3, 0, 0, 0], [2, 4, 4, 4, 4]]
+
+
+def test_cpe_also_crops_the_encoder_family_in_both_passes():
+    cfg = load_config(
+        {
+            "model": {
+                "width": 16,
+                "depth": 1,
+                "heads": 2,
+                "embed_dim": 8,
+                "image": {"size": 32, "patch": 8, "cpe": True},
+            },
+            "objectives": {"contrastive": 1.0, "mlm": 1.0},
+        },
+        [f"model.text.vocab_size={VOCAB}"],
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    b = batch()
+    train_step = StepContext(model.train(), b, torch.Generator().manual_seed(0))
+    image_train = train_step.embeddings[0]
+    assert train_step.masked.text_states.shape[:2] == b.tokens.shape
+    image_eval = StepContext(model.eval(), b, torch.Generator().manual_seed(0)).embeddings[0]
+    assert not torch.allclose(image_train, image_eval)
+    assert torch.equal(image_eval, model.encode_image(b.images))
+
+
+@pytest.mark.parametrize(("length_penalty", "expected"), [(0.0, [1, 3, 0, 0]), (1.0, [1, 2, 2, 2])])
+def test_beam_search_keeps_finished_beams_and_ranks_them_by_length_normalised_score(length_penalty, expected):
+    # After [BOS]=1: EOS (3) with p 0.55, token 2 with p 0.45; after 2: 2 again with p 0.98.
+    p = torch.full((4, 4), 0.25)
+    p[1] = torch.tensor([0.0, 0.0, 0.45, 0.55])
+    p[2] = torch.tensor([0.0, 0.0, 0.98, 0.02])
+    table = p.clamp_min(1e-12).log()
+    for use_cache in (True, False):
+        out = generate(
+            bigram_model(table),
+            torch.zeros(1, 4),
+            torch.ones(1, 1, dtype=torch.long),
+            max_new_tokens=3,
+            eos_id=3,
+            pad_id=0,
+            method="beam",
+            num_beams=2,
+            length_penalty=length_penalty,
+            use_cache=use_cache,
+        )
+        assert out[0].tolist() == expected

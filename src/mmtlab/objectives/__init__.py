@@ -130,7 +130,7 @@ class StepContext:
             prob=self.mask_prob,
             generator=self.generator,
         )
-        states = self.model(images=b.images, tokens=inputs, text_mask=b.text_mask)["text"]
+        states = self.model(images=b.images, tokens=inputs, text_mask=b.text_mask, pos_box=self.pos_box)["text"]
         return MaskedPass(inputs, labels, states)
 
 
