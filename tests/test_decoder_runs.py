@@ -107,12 +107,13 @@ def test_cpe_model_trained_at_64px_keeps_its_recall_at_96px(tiny_data, tmp_path)
     torch.testing.assert_close(big.image_embed.pos.detach(), sample_pos_grid(trained.detach(), (6, 6), None))
 
 
-def test_comparison_study_validates(tmp_path):
+@pytest.mark.parametrize("name", ["mammut-vs-coca", "mammut-vs-coca-small"])
+def test_comparison_study_validates(name):
     from mmtlab.config import CONFIG_DIR
     from mmtlab.study import expand, load_study
     from mmtlab.study.spec import cell_config
 
-    spec, base = load_study(CONFIG_DIR / "studies" / "mammut-vs-coca.yaml")
+    spec, base = load_study(CONFIG_DIR / "studies" / f"{name}.yaml")
     cells = expand(spec)
     archs = {cell_config(spec, base, c, 0).model.arch for c in cells}
     assert archs == {"mammut", "coca", "dual_captioner"}

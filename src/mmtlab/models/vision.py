@@ -51,7 +51,7 @@ def random_crop_boxes(
     fraction uniform in `scale`, aspect ratio (w/h) log-uniform in `ratio`. The ranges are RO-ViT's
     (Kim et al. 2023, "Region-aware pretraining for open-vocabulary object detection with vision
     transformers", Sec. 3.1: crop scale [0.1, 1], aspect ratio [0.5, 2])."""
-    u = torch.rand(n, 4, generator=generator)
+    u = torch.rand(n, 4, generator=generator, device=None if generator is None else generator.device)
     area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
     w = (area * log_r.exp()).sqrt().clamp(max=1.0)

@@ -97,12 +97,8 @@ class StepContext:
         b = self.batch
         if self.decoder:
             return self.model.embed_image(self.image_tokens), self.model.embed_text(self.text_features, b.text_mask)
-        image = (
-            self.model.encode_image(b.images)
-            if self.pos_box is None
-            else self.model.encode_image(b.images, self.pos_box)
-        )
-        return image, self.model.encode_text(b.tokens, b.text_mask)
+        crops = {} if self.pos_box is None else {"pos_box": self.pos_box}
+        return self.model.encode_image(b.images, **crops), self.model.encode_text(b.tokens, b.text_mask)
 
     @cached_property
     def contrastive_logits(self) -> Tensor:
