@@ -5,10 +5,13 @@ measured in the same process (so the ratio holds on a noisy machine).
     python benchmarks/train_throughput.py --model dual-tiny --model merged-tiny --objectives mlm
     python benchmarks/train_throughput.py --precision bf16 --batch-size 256
     python benchmarks/train_throughput.py --model demo --model demo:width=256,depth=8,heads=8   # two sizes
+    python benchmarks/train_throughput.py --model demo --model mammut-tiny --model coca-tiny
 
 A model is any model config (a name in configs/models/, a .yaml path, or "demo"), optionally
 followed by `:key=value,...` overrides of its fields (values parsed as YAML), so new model
 families are benchmarked by naming their config.
+Objectives default to contrastive, and to contrastive + caption for decoder families (MaMMUT: its
+two passes, with CPE crops as in training).
 
 FLOPs per step come from torch.utils.flop_counter (forward + backward of the real objective);
 peak is the best of a few large fp32 (or bf16) matmuls on the same threads. Writes JSON to stdout
@@ -27,7 +30,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmtlab.config import CONFIG_DIR, load_config
+from mmtlab.config import CONFIG_DIR, DECODER_ARCHS, load_config
 from mmtlab.data.pairs import Batch
 from mmtlab.models import build_model
 from mmtlab.objectives import build_objectives
@@ -64,23 +67,28 @@ def synthetic_batch(cfg, batch_size: int, seq_len: int, g: torch.Generator) -> B
 
 
 def model_overrides(spec: str) -> tuple[str, list[str]]:
-    """"dual-tiny:width=256,depth=8" -> ("dual-tiny", ["model.width=256", "model.depth=8"])."""
+    """ "dual-tiny:width=256,depth=8" -> ("dual-tiny", ["model.width=256", "model.depth=8"])."""
     name, _, rest = spec.partition(":")
     return name, [f"model.{kv.strip()}" for kv in rest.split(",") if kv.strip()]
 
 
-def measure_config(model_name: str, objectives: list[str], precision: str):
+def measure_config(model_name: str, objectives: list[str] | None, precision: str):
     """A run config for `model_name`: a model config name or path, or "demo" for the model of
     configs/runs/demo.yaml, with optional `:key=value,...` overrides."""
     name, overrides = model_overrides(model_name)
     model = load_config(CONFIG_DIR / "runs" / "demo.yaml").model_dump()["model"] if name == "demo" else name
+    if objectives is None:
+        arch = load_config({"model": model}, overrides).model.arch
+        objectives = ["contrastive", "caption"] if arch in DECODER_ARCHS else ["contrastive"]
     return load_config(
         {"model": model, "objectives": {o: 1.0 for o in objectives}},
         ["model.outputs=null", "model.text.vocab_size=4096", f"train.precision={precision}", *overrides],
     )
 
 
-def measure(model_name: str, objectives: list[str], batch_size: int, seq_len: int, steps: int, precision: str) -> dict:
+def measure(
+    model_name: str, objectives: list[str] | None, batch_size: int, seq_len: int, steps: int, precision: str
+) -> dict:
     cfg = measure_config(model_name, objectives, precision)
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -113,7 +121,7 @@ def measure(model_name: str, objectives: list[str], batch_size: int, seq_len: in
     achieved = flops_per_step / seconds
     return {
         "model": model_name,
-        "objectives": objectives,
+        "objectives": list(cfg.objectives),
         "precision": precision,
         "params_M": round(model.num_params() / 1e6, 3),
         "batch_size": batch_size,
@@ -131,7 +139,9 @@ def measure(model_name: str, objectives: list[str], batch_size: int, seq_len: in
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", help="model config name(s), or 'demo' (the default)")
-    p.add_argument("--objectives", default="contrastive", help="comma-separated objectives")
+    p.add_argument(
+        "--objectives", default=None, help="comma-separated objectives (default: contrastive[,caption for decoders])"
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--text-len", type=int, default=24, help="tokens per caption (emoji-scenes captions average ~15-25)")
     p.add_argument("--steps", type=int, default=10)
@@ -141,7 +151,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = [
-        measure(m, args.objectives.split(","), args.batch_size, args.text_len, args.steps, args.precision)
+        measure(
+            m,
+            args.objectives.split(",") if args.objectives else None,
+            args.batch_size,
+            args.text_len,
+            args.steps,
+            args.precision,
+        )
         for m in (args.model or ["demo"])
     ]
     result = {

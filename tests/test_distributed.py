@@ -118,6 +118,7 @@ def _reference_grads(objectives, layout, micro_steps):
 
             for r, piece in enumerate(pieces):
                 gen = torch.Generator().manual_seed(100 + r * micro_steps + micro)
+                torch.randperm(len(weights), generator=gen)  # Objectives first draws the order of the losses
                 total = total + weights["mlm"] * MLM()(StepContext(model, piece, gen)) / WORLD
     (total / micro_steps).backward()
     return {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}

@@ -1,4 +1,4 @@
-"""Command line: `mmtlab demo | data build | train | eval | report | layout`."""
+"""Command line: `mmtlab demo | data build | train | eval | caption | report | layout`."""
 
 from __future__ import annotations
 
@@ -141,6 +141,9 @@ def eval_retrieval(
     shortlist: Annotated[
         Path | None, typer.Option(help="rerank: a dual-encoder run to shortlist with (default: the model's own)")
     ] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="evaluate at another resolution (writes retrieval[_MODE]_<N>px.json)")
+    ] = None,
 ):
     """Zero-shot image<->text Recall@1/5/10 -> RUN_DIR/eval/retrieval.json (dual, + retrieval_examples.png),
     retrieval_cross.json or retrieval_rerank.json."""
@@ -148,19 +151,25 @@ def eval_retrieval(
 
     if mode not in RETRIEVAL_MODES:
         raise UserError(f"--mode {mode!r}: choose one of {', '.join(RETRIEVAL_MODES)}")
-    result = eval_retrieval(run_dir, split, data, mode=mode, k=k, max_images=max_images, shortlist=shortlist)
+    result = eval_retrieval(
+        run_dir, split, data, mode=mode, k=k, max_images=max_images, shortlist=shortlist, image_size=image_size
+    )
     what = {"dual": "dual encoder", "cross": "cross-encoder, all pairs", "rerank": f"cross-encoder reranking top-{k}"}
     print_retrieval(
         result,
-        f"zero-shot retrieval, {split}, {what[mode]} ({result['n_images']} images, {result['n_texts']} captions)",
+        f"zero-shot retrieval, {split}, {what[mode]} ({result['n_images']} images, {result['n_texts']} captions, "
+        f"{result['image_size']} px)",
     )
     if mode == "rerank":
         c = result["shortlist_ceiling"]
-        console.print(f"shortlist recall ceiling (queries with a match in the shortlist): i2t {c['i2t']:.1f}%, "
-                      f"t2i {c['t2i']:.1f}%")
+        console.print(
+            f"shortlist recall ceiling (queries with a match in the shortlist): i2t {c['i2t']:.1f}%, "
+            f"t2i {c['t2i']:.1f}%"
+        )
     if mode != "dual":
         console.print(f"{result['pairs_scored']:,} pairs scored in {result['scoring_seconds']:.1f} s")
-    name = "retrieval.json" if mode == "dual" else f"retrieval_{mode}.json"
+    suffix = "" if image_size is None else f"_{image_size}px"
+    name = f"retrieval{suffix}.json" if mode == "dual" else f"retrieval_{mode}{suffix}.json"
     console.print(f"wrote {run_dir / 'eval' / name}")
 
 
@@ -178,6 +187,113 @@ def eval_mlm(
         f"masked-token loss on {split}: {result['bits_per_token_with_image']:.3f} bits with the image, "
         f"{result['bits_per_token_without_image']:.3f} without (gain {result['image_gain_bits']:.3f} bits)"
     )
+
+
+Method = Annotated[str, typer.Option(help="decoding: greedy, beam or nucleus")]
+
+
+def _check_method(method: str) -> None:
+    if method not in ("greedy", "beam", "nucleus"):
+        raise UserError(f"--method {method!r}: choose greedy, beam or nucleus")
+
+
+@eval_app.command("caption")
+def eval_caption(
+    run_dir: Annotated[Path, typer.Argument(help="a trained run with a text decoder (mammut, coca, dual_captioner)")],
+    split: Annotated[str, typer.Option(help="split to caption")] = "test",
+    data: Annotated[Path | None, typer.Option(help="evaluate on another dataset root")] = None,
+    method: Method = "beam",
+    beams: Annotated[int, typer.Option(help="beam size (method beam)")] = 3,
+    max_images: Annotated[int | None, typer.Option(help="caption only the first N images")] = None,
+):
+    """Caption every image of the split; BLEU-4 and CIDEr (x100) against the reference captions
+    -> RUN_DIR/eval/caption.json (with examples)."""
+    from mmtlab.eval.runs import eval_caption
+
+    _check_method(method)
+
+    result = eval_caption(run_dir, split, data, method=method, num_beams=beams, max_images=max_images)
+    console.print(
+        f"captioning on {split} ({result['n_images']} images, {method}): BLEU-4 {result['bleu4']:.1f}, "
+        f"CIDEr {result['cider']:.1f}, mean length {result['mean_length_words']:.1f} words"
+    )
+    for ex in result["examples"][:3]:
+        console.print(f"  [bold]{ex['caption']}[/]  (reference: {ex['references'][0]})", highlight=False)
+    console.print(f"wrote {run_dir / 'eval' / 'caption.json'}")
+
+
+@eval_app.command("vqa")
+def eval_vqa(
+    run_dir: Annotated[Path, typer.Argument(help="a trained run with a text decoder")],
+    split: Annotated[str, typer.Option(help="split whose images are asked about")] = "test",
+    data: Annotated[Path | None, typer.Option(help="evaluate on another dataset root")] = None,
+    finetune_steps: Annotated[
+        int | None, typer.Option(help="first fine-tune on VQA of the training split for N steps (into RUN_DIR/vqa)")
+    ] = None,
+    finetune_lr: Annotated[float | None, typer.Option(help="fine-tuning learning rate (default: the run's)")] = None,
+    max_questions: Annotated[int | None, typer.Option(help="ask only the first N questions")] = None,
+):
+    """Generative VQA on emoji-scenes (count, presence, relation, identity questions): exact-match
+    accuracy overall and by type -> RUN_DIR/eval/vqa.json."""
+    from mmtlab.eval.runs import eval_vqa
+
+    r = eval_vqa(run_dir, split, data, finetune_steps, finetune_lr, max_questions)
+    table = Table(title=f"VQA on {split} ({r['n_questions']} questions, exact match %)")
+    for col in ("", "all", *r["n_by_type"]):
+        table.add_column(col, justify="right")
+    table.add_row("model", f"{r['accuracy']:.1f}", *(f"{r[f'{t}_accuracy']:.1f}" for t in r["n_by_type"]), style="bold")
+    table.add_row("majority answer", "", *(f"{r['majority_answer'][t]:.1f}" for t in r["n_by_type"]), style="dim")
+    console.print(table)
+    console.print(f"wrote {run_dir / 'eval' / 'vqa.json'}")
+
+
+@app.command()
+def caption(
+    run_dir: Annotated[Path, typer.Argument(help="a trained run with a text decoder (mammut, coca, dual_captioner)")],
+    image: Annotated[list[Path], typer.Option(help="image file(s) to caption")],
+    method: Method = "beam",
+    beams: Annotated[int, typer.Option(help="beam size (method beam)")] = 3,
+    top_p: Annotated[float, typer.Option(help="nucleus: smallest token set with this probability mass")] = 0.9,
+    temperature: Annotated[float, typer.Option(help="nucleus: softmax temperature")] = 1.0,
+    seed: Annotated[int, typer.Option(help="nucleus: sampling seed")] = 0,
+    prompt: Annotated[
+        str | None, typer.Option(help='text to continue, e.g. "question: how many things are in the picture? answer:"')
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="at most this many new tokens")] = None,
+):
+    """Caption an image (or answer a question about it with --prompt)."""
+    import torch
+
+    _check_method(method)
+
+    import mmtlab
+    from mmtlab.data.pairs import BAD_IMAGE_ERRORS, load_image, to_float
+    from mmtlab.eval.captioning import decode_continuations
+    from mmtlab.eval.vqa import prompt_ids
+
+    model = mmtlab.load(run_dir)
+    if not hasattr(model, "generate"):
+        raise UserError(f"{run_dir}: model.arch {model.cfg.arch!r} has no text decoder to caption with")
+    try:
+        images = to_float(torch.stack([load_image(p, model.cfg.image.size) for p in image]))
+    except BAD_IMAGE_ERRORS as e:
+        raise UserError(f"--image: cannot read an image ({e})") from None
+    ids = None
+    if prompt is not None:
+        ids = torch.tensor([prompt_ids(model.tokenizer, prompt)] * len(image), dtype=torch.long)
+    out = model.generate(
+        images,
+        ids,
+        method=method,
+        num_beams=beams,
+        top_p=top_p,
+        temperature=temperature,
+        generator=torch.Generator().manual_seed(seed),
+        max_new_tokens=max_tokens,
+    )
+    start = 1 if ids is None else ids.shape[1]
+    for path, text in zip(image, decode_continuations(model.tokenizer, out, start)):
+        console.print(f"{path}: [bold]{text}[/]", highlight=False)
 
 
 @app.command()
@@ -226,11 +342,14 @@ def layout(
     cfg = load_config(path if is_run else {"model": model}, set_ or [])
     specs = build_layout(cfg.model.layout, cfg.model.depth, **cfg.model.layout_args)
     table = Table(title=f"{cfg.model.layout} ({len(specs)} layers)")
-    for col in ("layer", "text queries see", "image queries see", "weights", "cross-attn", "ffn", "causal text"):
+    grouped = any(s.group for s in specs)  # decoder families: which pass runs which layers
+    cols = ("layer", *(("group",) if grouped else ()), "text queries see", "image queries see", "weights")
+    for col in (*cols, "cross-attn", "ffn", "causal text"):
         table.add_column(col)
     for i, s in enumerate(specs):
         table.add_row(
             str(i),
+            *((s.group,) if grouped else ()),
             ", ".join(s.attend.get("text", ())) or "-",
             ", ".join(s.attend.get("image", ())) or "-",
             s.weights,

@@ -34,6 +34,20 @@ class ImageConfig(Strict):
     )
     region_dim: int | None = Field(None, description="region feature size; filled in from the detector")
     region_classes: int | None = Field(None, description="detector classes; filled in from the detector")
+    cpe: bool = Field(
+        False, description="cropped positional embeddings (RO-ViT, MaMMUT): train on a random crop of the grid"
+    )
+    cpe_scale: tuple[float, float] = Field((0.1, 1.0), description="CPE: range of the crop's area fraction")
+    cpe_ratio: tuple[float, float] = Field((0.5, 2.0), description="CPE: range of the crop's aspect ratio")
+
+    @model_validator(mode="after")
+    def _cpe_ranges(self):
+        lo, hi = self.cpe_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"image.cpe_scale must satisfy 0 < low <= high <= 1, got {self.cpe_scale}")
+        if not 0 < self.cpe_ratio[0] <= self.cpe_ratio[1]:
+            raise ValueError(f"image.cpe_ratio must satisfy 0 < low <= high, got {self.cpe_ratio}")
+        return self
 
 
 class TextConfig(Strict):
@@ -46,13 +60,26 @@ class TextConfig(Strict):
 
 
 OutputHead = Literal["contrastive", "mlm", "mrm", "itm"]
+# Families with a text decoder (models/decoder.py); each has a layout preset of the same name.
+DECODER_ARCHS = ("mammut", "coca", "dual_captioner")
 
 
 class ModelConfig(Strict):
-    arch: Literal["encoder"] = Field("encoder", description="model family (models/__init__.py: ARCHS)")
+    arch: Literal["encoder", "mammut", "coca", "dual_captioner"] = Field(
+        "encoder", description="model family (models/__init__.py: ARCHS)"
+    )
     layout: Literal[
-        "merged", "modality_specific", "asym_text_queries", "asym_image_queries", "coattention", "lxmert", "mixed"
-    ] = "modality_specific"
+        "merged",
+        "modality_specific",
+        "asym_text_queries",
+        "asym_image_queries",
+        "coattention",
+        "lxmert",
+        "mixed",
+        "mammut",
+        "coca",
+        "dual_captioner",
+    ] = Field("modality_specific", description="attention layout preset; decoder families: the arch's own")
     layout_args: dict[str, Any] = Field(default_factory=dict, description="extra preset arguments, e.g. {k: 2}")
     width: int = Field(128, gt=0)
     depth: int = Field(4, ge=0)
@@ -64,6 +91,29 @@ class ModelConfig(Strict):
     outputs: list[OutputHead] | None = Field(None, description="output heads; default: what the objectives need")
     image: ImageConfig = Field(default_factory=ImageConfig)
     text: TextConfig = Field(default_factory=TextConfig)
+    logit_bias: float | None = Field(
+        None, description="learned bias of the contrastive logits; -10 (SigLIP) when a sigmoid loss is used"
+    )
+    caption_queries: int | None = Field(
+        None, gt=0, description="coca: attention-pool the image to N learned queries for the decoder (null: all tokens)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _layout_of_family(cls, data):
+        if isinstance(data, dict) and data.get("arch") in DECODER_ARCHS and "layout" not in data:
+            data = {**data, "layout": data["arch"]}
+        return data
+
+    @model_validator(mode="after")
+    def _family_layout(self):
+        if self.arch in DECODER_ARCHS and self.layout != self.arch:
+            raise ValueError(f"layout {self.layout!r} does not fit arch {self.arch!r} (use layout: {self.arch})")
+        if self.arch == "encoder" and self.layout in DECODER_ARCHS:
+            raise ValueError(f"layout {self.layout!r} needs arch: {self.layout}")
+        if self.caption_queries is not None and self.arch != "coca":
+            raise ValueError("caption_queries applies to arch coca only")
+        return self
 
     @model_validator(mode="after")
     def _divisible(self):
@@ -112,6 +162,10 @@ class DataConfig(Strict):
     max_train_pairs: int | None = Field(None, gt=0, description="use only the first N training pairs")
     regions: RegionsConfig = Field(default_factory=RegionsConfig, description="region inputs (model.image.input)")
 
+    task: Literal["captions", "vqa"] = Field(
+        "captions", description="training text: captions, or VQA prompts from each image's boxes (answer-only loss)"
+    )
+
     @model_validator(mode="after")
     def _stream_fields(self):
         if self.format == "webdataset" and self.max_train_pairs is not None:
@@ -147,11 +201,34 @@ class TrainConfig(Strict):
     init_from: str | None = Field(None, description="run dir or checkpoint to initialise matching weights from")
 
 
-ObjectiveName = Literal["contrastive", "mlm", "mrm_cls", "mrm_kl", "mrm_regress", "itm", "itm_contrastive"]
+ObjectiveName = Literal[
+    "contrastive",
+    "siglip",
+    "focal_contrastive",
+    "zloss",
+    "mlm",
+    "caption",
+    "mrm_cls",
+    "mrm_kl",
+    "mrm_regress",
+    "itm",
+    "itm_contrastive",
+]
 MRM_OBJECTIVES = ("mrm_cls", "mrm_kl", "mrm_regress")
-# The output head each objective trains.
-OBJECTIVE_HEADS = {"contrastive": "contrastive", "mlm": "mlm", "mrm_cls": "mrm", "mrm_kl": "mrm",
-                   "mrm_regress": "mrm", "itm": "itm", "itm_contrastive": "itm"}
+# The output head each objective trains (caption uses the decoder's tied LM head, always present).
+OBJECTIVE_HEADS = {
+    "contrastive": "contrastive",
+    "siglip": "contrastive",
+    "focal_contrastive": "contrastive",
+    "zloss": "contrastive",
+    "mlm": "mlm",
+    "mrm_cls": "mrm",
+    "mrm_kl": "mrm",
+    "mrm_regress": "mrm",
+    "itm": "itm",
+    "itm_contrastive": "itm",
+}
+SIGMOID_LOSSES = ("siglip", "focal_contrastive")
 
 
 class ObjectiveConfig(Strict):
@@ -166,6 +243,7 @@ class ObjectiveConfig(Strict):
     candidates: int | None = Field(
         None, ge=2, description="itm_contrastive: captions scored per image, the positive included (32)"
     )
+    gamma: float | None = Field(None, ge=0, description="focal_contrastive: focusing parameter (1.0)")
 
 
 class EvalConfig(Strict):
@@ -177,9 +255,7 @@ class RunConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    objectives: dict[ObjectiveName, ObjectiveConfig] = Field(
-        default_factory=lambda: {"contrastive": ObjectiveConfig()}
-    )
+    objectives: dict[ObjectiveName, ObjectiveConfig] = Field(default_factory=lambda: {"contrastive": ObjectiveConfig()})
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
@@ -193,9 +269,18 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _heads_for_objectives(self):
         if not self.objectives:
-            raise ValueError("objectives: at least one objective is needed (contrastive, mlm)")
+            raise ValueError("objectives: at least one objective is needed (contrastive, mlm, caption, ...)")
         _check_objective_options(self)
-        needed = list(dict.fromkeys(OBJECTIVE_HEADS[name] for name in self.objectives))
+        decoder = self.model.arch in DECODER_ARCHS
+        if "caption" in self.objectives and not decoder:
+            raise ValueError(f"objectives.caption needs a text decoder: model.arch one of {', '.join(DECODER_ARCHS)}")
+        if "mlm" in self.objectives and decoder:
+            raise ValueError(f"objectives.mlm needs model.arch encoder (got {self.model.arch}; use caption)")
+        if self.data.task == "vqa" and not decoder:
+            raise ValueError("data.task vqa trains a generative answer: model.arch must be a decoder family")
+        if any(o in self.objectives for o in SIGMOID_LOSSES) and self.model.logit_bias is None:
+            self.model.logit_bias = -10.0  # SigLIP's initialisation (Zhai et al. 2023)
+        needed = list(dict.fromkeys(OBJECTIVE_HEADS[o] for o in self.objectives if o in OBJECTIVE_HEADS))
         if self.model.outputs is None:
             self.model.outputs = needed
         else:
@@ -211,6 +296,7 @@ _OPTION_OWNERS = {
     "negatives": ("itm", "itm_contrastive"),
     "loss": ("mrm_regress",),
     "candidates": ("itm_contrastive",),
+    "gamma": ("focal_contrastive",),
 }
 
 

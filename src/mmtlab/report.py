@@ -127,6 +127,32 @@ def write_run_report(run_dir: str | Path) -> Path:
             f"| {r['image_gain_bits']:.3f} bits |",
             "",
         ]
+    caption = run_dir / "eval" / "caption.json"
+    if caption.exists():
+        r = json.loads(caption.read_text())
+        lines += [
+            f"## Captioning on `{r.get('split', '?')}` ({r['n_images']} images, {r['method']} decoding)",
+            "",
+            "| BLEU-1 | BLEU-4 | CIDEr | mean length (words) |",
+            "|---:|---:|---:|---:|",
+            f"| {r['bleu1']:.1f} | {r['bleu4']:.1f} | {r['cider']:.1f} | {r['mean_length_words']:.1f} |",
+            "",
+            *(f"- *{ex['caption']}* (reference: {ex['references'][0]})" for ex in r["examples"][:5]),
+            "",
+        ]
+    vqa = run_dir / "eval" / "vqa.json"
+    if vqa.exists():
+        r = json.loads(vqa.read_text())
+        types = list(r["n_by_type"])
+        lines += [
+            f"## VQA on `{r.get('split', '?')}` ({r['n_questions']} questions, exact match %)",
+            "",
+            "| | all | " + " | ".join(types) + " |",
+            "|---|---:|" + "---:|" * len(types),
+            f"| model | {r['accuracy']:.1f} | " + " | ".join(f"{r[f'{t}_accuracy']:.1f}" for t in types) + " |",
+            "| majority answer | | " + " | ".join(f"{r['majority_answer'][t]:.1f}" for t in types) + " |",
+            "",
+        ]
     out = run_dir / "report.md"
     atomic_write_text(out, "\n".join(lines) + "\n")
     return out

@@ -17,6 +17,7 @@ from mmtlab.data.pairs import Batch, ImageCache, ImageTextPairs, PairCollator, R
 from mmtlab.data.sources import load_split
 from mmtlab.data.stream import ShardStream
 from mmtlab.data.tokenizer import TextTokenizer
+from mmtlab.data.vqa import VQACollator, VQAPairs
 
 
 def image_source(cfg: RunConfig, records, progress: bool = True):
@@ -46,18 +47,26 @@ def with_image_inputs(cfg: RunConfig, source) -> RunConfig:
     return cfg
 
 
-def training_dataset(cfg: RunConfig) -> ImageTextPairs | ShardStream:
+def training_dataset(cfg: RunConfig) -> ImageTextPairs | VQAPairs | ShardStream:
+    """Image-caption pairs (a map-style dataset or a stream of shards), or (data.task = vqa)
+    questions about the split's images."""
     if cfg.data.format == "webdataset":
+        if cfg.data.task == "vqa":
+            raise ConfigError("data.task: vqa needs data.format: karpathy (questions are made from each image's boxes)")
         if cfg.model.image.input == "regions":
             raise ConfigError("model.image.input: regions needs data.format: karpathy (regions are cached per split)")
         return ShardStream.from_config(cfg.data, cfg.model.image.size, cfg.seed)
     records = load_split(cfg.data, cfg.data.train_split)
+    if cfg.data.task == "vqa":
+        if cfg.model.image.input == "regions":
+            raise ConfigError("data.task: vqa reads pixels; set model.image.input: patches")
+        return VQAPairs(records, cfg.model.image.size, cfg.data.max_train_pairs)
     images = image_source(cfg, records) if cfg.model.image.input == "regions" else None
     return ImageTextPairs(records, cfg.model.image.size, cfg.data.max_train_pairs, images=images)
 
 
 def training_batches(
-    dataset: ImageTextPairs | ShardStream,
+    dataset: ImageTextPairs | VQAPairs | ShardStream,
     cfg: RunConfig,
     tokenizer: TextTokenizer,
     start_sample: int = 0,
@@ -74,7 +83,9 @@ def training_batches(
         dataset,
         batch_size=cfg.train.batch_size // world,
         sampler=ResumableSampler(len(dataset), cfg.seed, start=start_sample, rank=rank, world=world),
-        collate_fn=PairCollator(tokenizer, dataset.images.stack),
+        collate_fn=VQACollator(tokenizer)
+        if isinstance(dataset, VQAPairs)
+        else PairCollator(tokenizer, dataset.images.stack),
         num_workers=workers,
         drop_last=True,
         persistent_workers=workers > 0,

@@ -118,6 +118,7 @@ class Batch:
     image_index: Tensor  # long [B], record index of each pair's image
     skipped: int = 0  # pairs dropped because their image could not be decoded
     damaged_shards: int = 0  # streamed data: truncated or unreadable shards met since the previous batch
+    target_mask: Tensor | None = None  # bool [B, L]: tokens a generative loss predicts (None: all real ones)
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -130,6 +131,7 @@ class Batch:
             self.image_index.to(device, non_blocking=True),
             self.skipped,
             self.damaged_shards,
+            None if self.target_mask is None else self.target_mask.to(device, non_blocking=True),
         )
 
 

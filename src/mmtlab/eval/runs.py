@@ -40,6 +40,7 @@ def eval_retrieval(
     k: int = 128,
     max_images: int | None = None,
     shortlist: Path | None = None,
+    image_size: int | None = None,
 ) -> dict:
     """Zero-shot retrieval on `split` (its first `max_images` images if given).
 
@@ -50,6 +51,8 @@ def eval_retrieval(
     mode "rerank": a dual encoder shortlists each query's top `k`, the ITM head reranks them; the
     dual encoder is the model's own contrastive head, or the run `shortlist`; writes
     eval/retrieval_rerank.json with the shortlist's recall ceiling.
+    `image_size`: evaluate at another resolution (the positional grid is resampled; see image.cpe);
+    the file name gets a `_<size>px` suffix.
     """
     from mmtlab.data.loader import image_source
     from mmtlab.data.sources import load_split
@@ -70,17 +73,22 @@ def eval_retrieval(
         raise EvalError(f"{run_dir}: rerank needs a shortlist; the model has no contrastive head: pass --shortlist RUN")
     if k < 1:
         raise EvalError(f"--k must be >= 1, got {k}")
+    if image_size is not None:
+        if cfg.model.image.input == "regions":
+            raise EvalError("--image-size applies to pixel inputs; this model reads detector regions")
+        model.cfg.image.size = cfg.model.image.size = image_size
     records = load_split(cfg.data, split)
     source = image_source(cfg, records, progress)
     if max_images is not None:
         keep = range(min(max_images, len(records)))
         records, source = [records[i] for i in keep], source.subset(keep)
     bs = cfg.eval.batch_size
-    info = {"split": split, "mode": mode, "model_params": model.num_params()}
+    info = {"split": split, "mode": mode, "image_size": model.cfg.image.size, "model_params": model.num_params()}
+    suffix = "" if image_size is None else f"_{image_size}px"
     if mode == "dual":
         emb = embed_records(model, model.tokenizer, records, batch_size=bs, progress=progress, source=source)
         result = {**info, **retrieval_metrics(emb)}
-        atomic_write_json(run_dir / "eval" / "retrieval.json", result)
+        atomic_write_json(run_dir / "eval" / f"retrieval{suffix}.json", result)
         if examples:
             from mmtlab.eval.examples import plot_text_to_image
 
@@ -104,7 +112,7 @@ def eval_retrieval(
         short = emb.images @ emb.texts.T
         info["shortlist_from"] = str(shortlist) if shortlist is not None else "own contrastive head"
     result = {**info, **cross_metrics(model, un, mode=mode, k=k, shortlist_scores=short, progress=progress)}
-    atomic_write_json(run_dir / "eval" / f"retrieval_{mode}.json", result)
+    atomic_write_json(run_dir / "eval" / f"retrieval_{mode}{suffix}.json", result)
     return result
 
 
@@ -131,4 +139,87 @@ def eval_mlm(run_dir: Path, split: str = "test", data: Path | None = None, progr
     return result
 
 
-EVALS: dict[str, Callable[..., dict]] = {"retrieval": eval_retrieval, "mlm": eval_mlm}
+def _require_decoder(model, run_dir: Path, what: str):
+    if not hasattr(model, "generate"):
+        raise EvalError(
+            f"{run_dir}: {what} needs a model with a text decoder (model.arch mammut, coca or dual_captioner), "
+            f"this one is {model.cfg.arch!r}"
+        )
+
+
+def eval_caption(
+    run_dir: Path,
+    split: str = "test",
+    data: Path | None = None,
+    method: str = "beam",
+    num_beams: int = 3,
+    max_images: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Caption the split's images; BLEU-4 and CIDEr against their reference captions."""
+    from mmtlab.data.sources import load_split
+    from mmtlab.eval.captioning import evaluate_captioning
+
+    run_dir = Path(run_dir)
+    model, cfg = load_run(run_dir, data)
+    _require_decoder(model, run_dir, "captioning")
+    records = load_split(cfg.data, split)
+    result = {
+        "split": split,
+        "method": method,
+        "num_beams": num_beams if method == "beam" else None,
+        **evaluate_captioning(
+            model,
+            model.tokenizer,
+            records,
+            batch_size=cfg.eval.batch_size,
+            max_images=max_images,
+            progress=progress,
+            method=method,
+            num_beams=num_beams,
+        ),
+    }
+    atomic_write_json(run_dir / "eval" / "caption.json", result)
+    return result
+
+
+def eval_vqa(
+    run_dir: Path,
+    split: str = "test",
+    data: Path | None = None,
+    finetune_steps: int | None = None,
+    finetune_lr: float | None = None,
+    max_questions: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Generative VQA accuracy by question type. With `finetune_steps`, the run is first fine-tuned
+    on VQA questions of its training split (into RUN_DIR/vqa), and that model is evaluated."""
+    from mmtlab.data.emoji_scenes.vqa import make_questions
+    from mmtlab.data.sources import load_split
+    from mmtlab.eval.vqa import evaluate_vqa, finetune_vqa
+
+    run_dir = Path(run_dir)
+    model, cfg = load_run(run_dir, data)
+    _require_decoder(model, run_dir, "VQA")
+    evaluated = run_dir
+    if finetune_steps:
+        evaluated = finetune_vqa(run_dir, finetune_steps, lr=finetune_lr, progress=progress)
+        model, cfg = load_run(evaluated, data)
+    records = load_split(cfg.data, split)
+    questions = make_questions(records)[:max_questions]
+    result = {
+        "split": split,
+        "model": str(evaluated),
+        "finetune_steps": finetune_steps,
+        **evaluate_vqa(model, model.tokenizer, records, questions, batch_size=cfg.eval.batch_size, progress=progress),
+    }
+    atomic_write_json(run_dir / "eval" / "vqa.json", result)
+    return result
+
+
+EVALS: dict[str, Callable[..., dict]] = {
+    "retrieval": eval_retrieval,
+    "mlm": eval_mlm,
+    "caption": eval_caption,
+    "vqa": eval_vqa,
+}

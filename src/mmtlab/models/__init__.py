@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 from mmtlab.config import ModelConfig, RunConfig
+from mmtlab.models.coca import CoCa
+from mmtlab.models.dual_captioner import DualEncoderCaptioner
 from mmtlab.models.fusion import PRESETS, FusionEncoder, LayerSpec, build_layout
+from mmtlab.models.mammut import MaMMUT
 from mmtlab.models.model import MultimodalTransformer
 
-__all__ = ["ARCHS", "PRESETS", "FusionEncoder", "LayerSpec", "MultimodalTransformer", "build_layout", "build_model"]
+__all__ = [
+    "ARCHS",
+    "PRESETS",
+    "CoCa",
+    "DualEncoderCaptioner",
+    "FusionEncoder",
+    "LayerSpec",
+    "MaMMUT",
+    "MultimodalTransformer",
+    "build_layout",
+    "build_model",
+]
 
 # Model families by `model.arch`. Every family provides `cfg`, `contrastive` (a ContrastiveHead or
-# None), `encode_image`/`encode_text` when it has a contrastive head, and `num_params()`.
-ARCHS = {"encoder": MultimodalTransformer}
+# None), `encode_image`/`encode_text` when it has a contrastive head, and `num_params()`. The
+# decoder families (models/decoder.py) also caption: `caption_logits`, `decode`, `generate`.
+ARCHS = {
+    "encoder": MultimodalTransformer,
+    "mammut": MaMMUT,
+    "coca": CoCa,
+    "dual_captioner": DualEncoderCaptioner,
+}
 
 
 def build_model(cfg: RunConfig | ModelConfig):

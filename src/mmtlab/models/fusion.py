@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from mmtlab.models.layers import MLP, Attention, CrossAttention, key_mask
+from mmtlab.models.layers import MLP, Attention, CrossAttention, KVCache, key_mask
 
 Weights = Literal["shared", "per_modality"]
 CrossAttn = Literal["plain", "gated_tanh"]
@@ -38,6 +38,8 @@ class LayerSpec:
                     by tanh(gate), gates starting at 0, so the layer is the identity at init.
     ffn             whether the layer ends with an MLP on the streams it updated.
     frozen          parameters are not trained (gradients still flow through to the inputs).
+    group           the part of the model the layer belongs to ("vision", "text", "unimodal" ...):
+                    decoder families run groups of layers as passes (models/decoder.py).
     """
 
     attend: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -46,6 +48,7 @@ class LayerSpec:
     cross_attention: CrossAttn | None = None
     ffn: bool = True
     frozen: bool = False
+    group: str = ""
 
     def __post_init__(self):
         if self.weights not in ("shared", "per_modality"):
@@ -115,7 +118,10 @@ class FusionLayer(nn.Module):
         causal_text: bool | None = None,
         cross_attention: bool = True,
         cross_mask: Tensor | None = None,
+        cache: dict[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
+        """`cache` (decoding): this layer's entry of a KVCache; `x["text"]` then holds only the new
+        tokens, which attend to the cached keys of earlier steps as well as to each other."""
         spec = self.spec
         causal = spec.causal_text if causal_text is None else causal_text
         out = dict(x)
@@ -127,8 +133,14 @@ class FusionLayer(nn.Module):
                 keys = [k for k in spec.attend[q] if k in x]
                 if not keys:
                     continue
-                k_cat = torch.cat([qkv[k][1] for k in keys], dim=2)
-                v_cat = torch.cat([qkv[k][2] for k in keys], dim=2)
+                if cache is not None:
+                    out[q] = x[q] + self._cached_attention(q, keys, qkv, causal, pad, cache)
+                    continue
+                if len(keys) == 1:  # no concatenation, no copy
+                    k_cat, v_cat = qkv[keys[0]][1], qkv[keys[0]][2]
+                else:
+                    k_cat = torch.cat([qkv[k][1] for k in keys], dim=2)
+                    v_cat = torch.cat([qkv[k][2] for k in keys], dim=2)
                 causal_block = keys.index("text") if (causal and q == "text" and "text" in keys) else None
                 masks = [pad.get(k) for k in keys]
                 if causal_block is not None and keys == ["text"] and masks[0] is None:
@@ -138,9 +150,15 @@ class FusionLayer(nn.Module):
                     mask = key_mask(masks, [x[k].shape[1] for k in keys], causal_block, n_q, x[q].device)
                     h = self.stream(q).attn.attend(qkv[q][0], k_cat, v_cat, mask)
                 out[q] = x[q] + h
-        if spec.cross_attention and cross_attention and "text" in out and "image" in x:
+        has_context = "image" in x or (cache is not None and "cross_k" in cache)
+        if spec.cross_attention and cross_attention and "text" in out and has_context:
             s = self.stream("text")
-            kv = s.cross.project_kv(s.ln_context(x["image"]))
+            if cache is not None and "cross_k" in cache:  # the image's keys/values: computed once per decode
+                kv = (cache["cross_k"], cache["cross_v"])
+            else:
+                kv = s.cross.project_kv(s.ln_context(x["image"]))
+                if cache is not None:
+                    cache["cross_k"], cache["cross_v"] = kv
             mask = cross_mask[:, None] if cross_mask is not None else None
             if mask is None and pad.get("image") is not None:
                 mask = pad["image"][:, None, None, :]
@@ -150,6 +168,24 @@ class FusionLayer(nn.Module):
                 s = self.stream(m)
                 out[m] = out[m] + _gate(s.mlp_gate) * s.mlp(s.ln_mlp(out[m]))
         return out
+
+    def _cached_attention(self, q: str, keys: list[str], qkv: dict, causal: bool, pad, cache: dict) -> Tensor:
+        if q != "text" or keys != ["text"] or not causal:
+            raise ValueError(
+                f"KV-cached decoding needs causal text queries that see only text keys; this layer's "
+                f"{q} queries see {keys} (causal_text={causal})"
+            )
+        if pad.get("text") is not None:
+            raise ValueError("KV-cached decoding takes unpadded text (group prompts by length)")
+        qt, k, v = qkv["text"]
+        if "k" in cache:
+            k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+        cache["k"], cache["v"] = k, v
+        n_new, n_all = qt.shape[2], k.shape[2]
+        mask = None
+        if n_new > 1:  # new token i sits at position n_all - n_new + i and sees keys up to itself
+            mask = torch.ones(n_new, n_all, dtype=torch.bool, device=qt.device).tril(n_all - n_new)[None, None]
+        return self.stream("text").attn.attend(qt, k, v, mask)
 
 
 class FusionEncoder(nn.Module):
@@ -167,10 +203,19 @@ class FusionEncoder(nn.Module):
         cross_attention: bool = True,
         cross_mask: Tensor | None = None,
         layers: slice | None = None,
+        cache: KVCache | None = None,
     ) -> dict[str, Tensor]:
+        """`layers`: run only this slice of the layers. `cache`: incremental decoding (see FusionLayer)."""
         pad = pad or {}
-        for layer in self.layers[layers or slice(None)]:
-            x = layer(x, pad, causal_text=causal_text, cross_attention=cross_attention, cross_mask=cross_mask)
+        for i in range(len(self.layers))[layers or slice(None)]:
+            x = self.layers[i](
+                x,
+                pad,
+                causal_text=causal_text,
+                cross_attention=cross_attention,
+                cross_mask=cross_mask,
+                cache=None if cache is None else cache.layer(i),
+            )
         return x
 
 
@@ -241,6 +286,68 @@ def mixed(depth: int, k: int = 2, weights: Weights = "shared") -> list[LayerSpec
     return modality_specific(k) + merged(depth - k, weights=weights)
 
 
+def vision_tower(depth: int) -> list[LayerSpec]:
+    """ViT layers: image tokens attend to image tokens (the image encoder of decoder families)."""
+    return [LayerSpec(attend={IMAGE: (IMAGE,)}, group="vision") for _ in range(depth)]
+
+
+def mammut(depth: int, vision_depth: int = 4, cross_every: int = 2) -> list[LayerSpec]:
+    """MaMMUT (Kuo et al. 2023): a ViT, then ONE text decoder of `depth` causal layers with
+    cross-attention to the image tokens in every `cross_every`-th layer (M ~ N/2 by default).
+    The contrastive pass runs the same text layers bidirectionally with cross-attention switched
+    off; the generative pass runs them as written here (models/mammut.py)."""
+    if cross_every < 1:
+        raise ValueError(f"mammut layout needs cross_every >= 1, got {cross_every}")
+    text = [
+        LayerSpec(
+            attend={TEXT: (TEXT,)},
+            causal_text=True,
+            cross_attention="plain" if i % cross_every == cross_every - 1 else None,
+            group="text",
+        )
+        for i in range(depth)
+    ]
+    return vision_tower(vision_depth) + text
+
+
+def coca(depth: int, vision_depth: int = 4, unimodal: int | None = None) -> list[LayerSpec]:
+    """CoCa (Yu et al. 2022): a ViT, `unimodal` causal text-only layers (the contrastive text
+    encoder), then depth - unimodal multimodal layers with cross-attention to the image in every
+    layer (the captioner, continuing from the unimodal states)."""
+    unimodal = depth // 2 if unimodal is None else unimodal
+    if not 0 < unimodal < depth:
+        raise ValueError(f"coca layout needs 0 < unimodal < depth, got unimodal={unimodal}, depth={depth}")
+    uni = [LayerSpec(attend={TEXT: (TEXT,)}, causal_text=True, group="unimodal") for _ in range(unimodal)]
+    multi = [
+        LayerSpec(attend={TEXT: (TEXT,)}, causal_text=True, cross_attention="plain", group="multimodal")
+        for _ in range(depth - unimodal)
+    ]
+    return vision_tower(vision_depth) + uni + multi
+
+
+def dual_captioner(
+    depth: int, vision_depth: int = 4, encoder: int | None = None, cross_every: int = 1
+) -> list[LayerSpec]:
+    """A CLIP dual encoder plus a separate captioning decoder: `encoder` bidirectional text layers
+    for the contrastive loss, then depth - encoder causal decoder layers (cross-attention in every
+    `cross_every`-th) that caption from the token embeddings. Only the ViT and the token
+    embeddings are shared: the baseline that MaMMUT and CoCa fold into one text tower."""
+    encoder = depth // 2 if encoder is None else encoder
+    if not 0 < encoder < depth or cross_every < 1:
+        raise ValueError(f"dual_captioner needs 0 < encoder < depth and cross_every >= 1, got {encoder}, {cross_every}")
+    enc = [LayerSpec(attend={TEXT: (TEXT,)}, group="text_encoder") for _ in range(encoder)]
+    dec = [
+        LayerSpec(
+            attend={TEXT: (TEXT,)},
+            causal_text=True,
+            cross_attention="plain" if i % cross_every == cross_every - 1 else None,
+            group="decoder",
+        )
+        for i in range(depth - encoder)
+    ]
+    return vision_tower(vision_depth) + enc + dec
+
+
 PRESETS: dict[str, Callable[..., list[LayerSpec]]] = {
     "merged": merged,
     "modality_specific": modality_specific,
@@ -249,6 +356,9 @@ PRESETS: dict[str, Callable[..., list[LayerSpec]]] = {
     "coattention": coattention,
     "lxmert": lxmert,
     "mixed": mixed,
+    "mammut": mammut,
+    "coca": coca,
+    "dual_captioner": dual_captioner,
 }
 
 

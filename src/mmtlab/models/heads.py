@@ -22,19 +22,26 @@ def pool(x: Tensor, mask: Tensor | None, how: str) -> Tensor:
 class ContrastiveHead(nn.Module):
     """Linear projections to a joint space and the learned temperature of CLIP.
 
-    The logit scale starts at 1/0.07 and is clamped at 100, as in CLIP / open_clip.
+    The logit scale starts at 1/0.07 and is clamped at 100, as in CLIP / open_clip. Sigmoid losses
+    (SigLIP, focal) also learn a logit bias (`init_bias`, -10 in SigLIP); softmax losses ignore it.
     """
 
     max_scale = 100.0
 
-    def __init__(self, dim: int, embed_dim: int, init_scale: float = 1 / 0.07):
+    def __init__(self, dim: int, embed_dim: int, init_scale: float = 1 / 0.07, init_bias: float | None = None):
         super().__init__()
         self.text_proj = nn.Linear(dim, embed_dim, bias=False)
         self.image_proj = nn.Linear(dim, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+        self.logit_bias = nn.Parameter(torch.tensor(float(init_bias))) if init_bias is not None else None
 
     def scale(self) -> Tensor:
         return self.logit_scale.exp().clamp(max=self.max_scale)
+
+    def logits(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
+        """Pairwise logits [n_images, n_texts]: scale * cosine (+ bias)."""
+        logits = self.scale() * image_emb @ text_emb.T
+        return logits if self.logit_bias is None else logits + self.logit_bias
 
     def embed_text(self, pooled: Tensor) -> Tensor:
         return F.normalize(self.text_proj(pooled), dim=-1)

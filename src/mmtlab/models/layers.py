@@ -108,3 +108,28 @@ def key_mask(
             block = torch.ones(1, 1, 1, n, dtype=torch.bool, device=device)
         parts.append(block.expand(batch, 1, n_queries, n))
     return torch.cat(parts, dim=-1)
+
+
+class KVCache:
+    """Keys/values of past decoding steps, per layer: the text self-attention's grow by the new
+    tokens at every step; the cross-attention's (image context) are computed on the first step and
+    reused. `length` counts the tokens already processed (the position of the next one)."""
+
+    def __init__(self):
+        self.layers: dict[int, dict[str, Tensor]] = {}
+        self.length = 0
+
+    def layer(self, i: int) -> dict[str, Tensor]:
+        return self.layers.setdefault(i, {})
+
+    # Entries computed from the context alone (an image's cross-attention keys/values). Beam search
+    # reorders beams only within their own batch item, where these rows are all the same.
+    context_entries = ("cross_k", "cross_v")
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep rows `index` of the self-attention keys/values (beam search: beams follow their
+        parents within a batch item)."""
+        for entry in self.layers.values():
+            for k, t in entry.items():
+                if k not in self.context_entries:
+                    entry[k] = t.index_select(0, index)

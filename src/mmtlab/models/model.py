@@ -40,7 +40,9 @@ class MultimodalTransformer(nn.Module):
         self.encoder = FusionEncoder(self.layout, d, cfg.heads, cfg.mlp_ratio, cfg.dropout)
         self.norm = nn.ModuleDict({"text": nn.LayerNorm(d), "image": nn.LayerNorm(d)})
         outputs = cfg.outputs or []
-        self.contrastive = ContrastiveHead(d, cfg.embed_dim) if "contrastive" in outputs else None
+        self.contrastive = (
+            ContrastiveHead(d, cfg.embed_dim, init_bias=cfg.logit_bias) if "contrastive" in outputs else None
+        )
         self.mlm = MLMHead(d, cfg.text.vocab_size) if "mlm" in outputs else None
         self.itm = ITMHead(d) if "itm" in outputs else None
         self.mrm = None
@@ -102,10 +104,10 @@ class MultimodalTransformer(nn.Module):
         if getattr(self, head) is None:
             raise RuntimeError(f"this model has no {head} head (model.outputs = {self.cfg.outputs})")
 
-    def encode_image(self, images: Tensor) -> Tensor:
-        """L2-normalised image embeddings [B, E] (models with a contrastive head)."""
+    def encode_image(self, images: Tensor, pos_box=None) -> Tensor:
+        """L2-normalised image embeddings [B, E] (models with a contrastive head); `pos_box`: CPE crops."""
         self._require("contrastive")
-        h = self(images=images)["image"]
+        h = self(images=images, pos_box=pos_box)["image"]
         return self.contrastive.embed_image(pool(h, self.image_key_mask(images), self.cfg.pool))
 
     def encode_text(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:

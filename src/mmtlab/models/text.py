@@ -12,8 +12,9 @@ class TextEmbedding(nn.Module):
         self.tok = nn.Embedding(vocab_size, dim)
         self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        n = tokens.shape[1]
+    def forward(self, tokens: Tensor, offset: int = 0) -> Tensor:
+        """`offset`: position of the first token (incremental decoding feeds one token at a time)."""
+        n = offset + tokens.shape[1]
         if n > self.pos.shape[0]:
             raise ValueError(f"text of {n} tokens is longer than the model's max_len {self.pos.shape[0]}")
-        return self.tok(tokens) + self.pos[:n]
+        return self.tok(tokens) + self.pos[offset:n]

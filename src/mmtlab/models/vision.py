@@ -7,25 +7,57 @@ region of an upsampled grid, so at a higher resolution it sees the whole grid wi
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+Box = tuple[float, float, float, float] | Tensor
 
-def sample_pos_grid(pos: Tensor, out_hw: tuple[int, int], box: tuple[float, float, float, float] | None) -> Tensor:
+
+def sample_pos_grid(pos: Tensor, out_hw: tuple[int, int], box: Box | None) -> Tensor:
     """Bicubically sample `pos` [D, G, G] over `box` (y0, x0, y1, x1 in [0, 1]) onto an out_hw grid.
 
     With box = whole grid this is interpolation to a new grid size; a sub-box is the CPE crop.
+    `box` may also be a tensor [B, 4] of one box per image; the result is then [B, D, h, w].
+    Sampling the box straight from the learned grid is the same as RO-ViT's upsample-then-crop-and-
+    resize, with the upsampling done continuously instead of on an intermediate grid.
     """
-    y0, x0, y1, x1 = box or (0.0, 0.0, 1.0, 1.0)
+    per_image = isinstance(box, Tensor) and box.dim() == 2
+    boxes = torch.as_tensor(box if box is not None else (0.0, 0.0, 1.0, 1.0), dtype=pos.dtype, device=pos.device)
+    boxes = boxes.reshape(-1, 4)
     h, w = out_hw
-    # Cell centres of the output grid, mapped into the box, in grid_sample's [-1, 1] coordinates.
-    ys = y0 + (y1 - y0) * (torch.arange(h, dtype=pos.dtype, device=pos.device) + 0.5) / h
-    xs = x0 + (x1 - x0) * (torch.arange(w, dtype=pos.dtype, device=pos.device) + 0.5) / w
-    gy, gx = torch.meshgrid(ys * 2 - 1, xs * 2 - 1, indexing="ij")
-    grid = torch.stack([gx, gy], dim=-1)[None]
-    out = F.grid_sample(pos[None], grid, mode="bicubic", padding_mode="border", align_corners=False)
-    return out[0]
+    # Cell centres of the output grid, mapped into each box, in grid_sample's [-1, 1] coordinates.
+    fy = (torch.arange(h, dtype=pos.dtype, device=pos.device) + 0.5) / h
+    fx = (torch.arange(w, dtype=pos.dtype, device=pos.device) + 0.5) / w
+    ys = boxes[:, 0, None] + (boxes[:, 2] - boxes[:, 0])[:, None] * fy  # [N, h]
+    xs = boxes[:, 1, None] + (boxes[:, 3] - boxes[:, 1])[:, None] * fx  # [N, w]
+    gy = (ys * 2 - 1)[:, :, None].expand(-1, h, w)
+    gx = (xs * 2 - 1)[:, None, :].expand(-1, h, w)
+    grid = torch.stack([gx, gy], dim=-1)
+    source = pos[None].expand(len(boxes), *pos.shape)
+    out = F.grid_sample(source, grid, mode="bicubic", padding_mode="border", align_corners=False)
+    return out if per_image else out[0]
+
+
+def random_crop_boxes(
+    n: int,
+    generator: torch.Generator | None = None,
+    scale: tuple[float, float] = (0.1, 1.0),
+    ratio: tuple[float, float] = (0.5, 2.0),
+) -> Tensor:
+    """`n` random boxes [n, 4] (y0, x0, y1, x1) for CPE, drawn like Random Resized Crop: area
+    fraction uniform in `scale`, aspect ratio (w/h) log-uniform in `ratio`. The ranges are RO-ViT's
+    (Kim et al. 2023, "Region-aware pretraining for open-vocabulary object detection with vision
+    transformers", Sec. 3.1: crop scale [0.1, 1], aspect ratio [0.5, 2])."""
+    u = torch.rand(n, 4, generator=generator, device=None if generator is None else generator.device)
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
+    w = (area * log_r.exp()).sqrt().clamp(max=1.0)
+    h = (area / log_r.exp()).sqrt().clamp(max=1.0)
+    y0, x0 = (1 - h) * u[:, 2], (1 - w) * u[:, 3]
+    return torch.stack([y0, x0, y0 + h, x0 + w], dim=1)
 
 
 class PatchEmbedding(nn.Module):
@@ -39,15 +71,16 @@ class PatchEmbedding(nn.Module):
         self.pos = nn.Parameter(torch.randn(dim, self.grid, self.grid) * 0.02)
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02) if cls_token else None
 
-    def pos_embed(self, hw: tuple[int, int], box: tuple[float, float, float, float] | None = None) -> Tensor:
-        """Positional embeddings [h*w, D] for an h x w patch grid (optionally over a CPE crop box)."""
+    def pos_embed(self, hw: tuple[int, int], box: Box | None = None) -> Tensor:
+        """Positional embeddings [h*w, D] for an h x w patch grid (optionally over a CPE crop box;
+        [B, h*w, D] for a tensor of one box per image)."""
         if box is None and hw == (self.grid, self.grid):
             pos = self.pos
         else:
             pos = sample_pos_grid(self.pos, hw, box)
-        return pos.flatten(1).T
+        return pos.flatten(-2).transpose(-1, -2)
 
-    def forward(self, images: Tensor, pos_box: tuple[float, float, float, float] | None = None) -> Tensor:
+    def forward(self, images: Tensor, pos_box: Box | None = None) -> Tensor:
         b, _, h, w = images.shape
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"image of {h}x{w} px is not a multiple of the patch size {self.patch_size}")

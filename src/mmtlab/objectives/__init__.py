@@ -3,8 +3,11 @@
 An objective reads the forward passes it needs from a `StepContext`, which computes each pass
 at most once per step: contrastive reads `step.embeddings` (clean unimodal passes); MLM, MRM and
 ITM read `step.masked`, one joint pass over the (possibly re-paired) batch with masked caption
-tokens and masked regions; itm_contrastive reads `step.itm_candidates`. Two objectives that need
-the same pass share it.
+tokens and masked regions; itm_contrastive reads `step.itm_candidates`; caption reads
+`step.caption` (the generative pass of decoder families). Two objectives that need the same pass
+share it. Passes run on first use and the objectives are visited in a fresh random order every
+step, so a two-pass model (MaMMUT: contrastive and generative) runs its passes in shuffled order;
+the weighted sum gets one backward.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from functools import cached_property
 import torch
 from torch import Tensor, nn
 
-from mmtlab.config import MRM_OBJECTIVES, RunConfig
+from mmtlab.config import DECODER_ARCHS, MRM_OBJECTIVES, RunConfig
+from mmtlab.models.vision import random_crop_boxes
+from mmtlab.objectives.caption import Caption, caption_loss, next_token_labels
 from mmtlab.objectives.contrastive import Contrastive, info_nce
 from mmtlab.objectives.itm import (
     ITM,
@@ -28,10 +33,14 @@ from mmtlab.objectives.itm import (
 )
 from mmtlab.objectives.mlm import IGNORE, MLM, mask_tokens, mlm_loss
 from mmtlab.objectives.mrm import MRMKL, MRMClassification, MRMRegression, mask_regions
+from mmtlab.objectives.sigmoid import FocalContrastive, SigLIP, focal_sigmoid_loss, sigmoid_loss
+from mmtlab.objectives.zloss import ZLoss, z_loss
 
 __all__ = [
-    "Contrastive", "ITM", "ITMContrastive", "MLM", "MRMKL", "MRMClassification", "MRMRegression", "Objectives",
-    "PassPlan", "StepContext", "build_objectives", "info_nce", "mask_regions", "mask_tokens", "mlm_loss",
+    "Caption", "Contrastive", "FocalContrastive", "ITM", "ITMContrastive", "MLM", "MRMKL", "MRMClassification",
+    "MRMRegression", "Objectives", "PassPlan", "SigLIP", "StepContext", "ZLoss", "build_objectives",
+    "caption_loss", "focal_sigmoid_loss", "info_nce", "mask_regions", "mask_tokens", "mlm_loss",
+    "next_token_labels", "sigmoid_loss", "z_loss",
 ]  # fmt: skip
 
 
@@ -58,6 +67,12 @@ class PassPlan:
     itm_negatives: str | None = None  # None: no re-pairing; "random" | "hard"
     candidates: int = 32  # itm_contrastive
     candidate_negatives: str = "random"
+
+
+@dataclass
+class CaptionPass:
+    logits: Tensor  # [B, L - 1, V]: position t predicts token t + 1
+    labels: Tensor  # [B, L - 1]: token t + 1, or IGNORE (padding, VQA prompt)
 
 
 class StepContext:
@@ -93,10 +108,51 @@ class StepContext:
         the global batch (contrastive negatives). In one process: (x, 0)."""
         return (x, 0) if self.dp is None else self.dp.all_gather_with_grad(x)
 
+    @property
+    def decoder(self) -> bool:
+        return self.model.cfg.arch in DECODER_ARCHS
+
+    @cached_property
+    def pos_box(self) -> Tensor | None:
+        """Cropped positional embeddings: one random crop of the positional grid per image, in training."""
+        image = self.model.cfg.image
+        if not (image.cpe and self.model.training):
+            return None
+        g = self.generator
+        boxes = random_crop_boxes(len(self.batch), g, image.cpe_scale, image.cpe_ratio)
+        return boxes.to(self.batch.images.device)
+
+    @cached_property
+    def image_tokens(self) -> Tensor:
+        """Decoder families: the ViT's tokens, encoded once for both passes."""
+        return self.model.image_tokens(self.batch.images, pos_box=self.pos_box)
+
+    @cached_property
+    def text_features(self) -> Tensor:
+        """Decoder families: the contrastive text pass (no image; bidirectional for MaMMUT)."""
+        return self.model.text_features(self.batch.tokens, self.batch.text_mask)
+
     @cached_property
     def embeddings(self) -> tuple[Tensor, Tensor]:
         b = self.batch
-        return self.model.encode_image(b.images), self.model.encode_text(b.tokens, b.text_mask)
+        if self.decoder:
+            return self.model.embed_image(self.image_tokens), self.model.embed_text(self.text_features, b.text_mask)
+        crops = {} if self.pos_box is None else {"pos_box": self.pos_box}
+        return self.model.encode_image(b.images, **crops), self.model.encode_text(b.tokens, b.text_mask)
+
+    @cached_property
+    def contrastive_logits(self) -> Tensor:
+        """Pairwise image-text logits [B, B] (scale * cosine + bias), in fp32."""
+        image_emb, text_emb = self.embeddings
+        return self.model.contrastive.logits(image_emb.float(), text_emb.float())
+
+    @cached_property
+    def caption(self) -> CaptionPass:
+        """Decoder families: the generative pass (causal, cross-attention to the image)."""
+        b = self.batch
+        reuse = self.text_features if self.model.caption_continues_contrastive else None
+        logits = self.model.caption_logits(self.image_tokens, b.tokens, text_features=reuse)[:, :-1]
+        return CaptionPass(logits, next_token_labels(b.tokens, b.text_mask, b.target_mask))
 
     def similarity(self) -> Tensor:
         """Contrastive logits [B, B] of the batch (image x caption), without gradient."""
@@ -137,7 +193,8 @@ class StepContext:
         images, chosen = b.images, None
         if plan.mask_regions:
             images, chosen = mask_regions(images, plan.region_mask_prob, self.generator, pairing.is_match)
-        states = self.model(images=images, tokens=inputs, text_mask=text_mask)
+        crops = {} if self.pos_box is None else {"pos_box": self.pos_box}
+        states = self.model(images=images, tokens=inputs, text_mask=text_mask, **crops)
         return MaskedPass(
             inputs,
             labels,
@@ -182,7 +239,11 @@ def _pad_to(x: Tensor, width: int, value) -> Tensor:
 
 REGISTRY: dict[str, type[nn.Module]] = {
     "contrastive": Contrastive,
+    "siglip": SigLIP,
+    "focal_contrastive": FocalContrastive,
+    "zloss": ZLoss,
     "mlm": MLM,
+    "caption": Caption,
     "mrm_cls": MRMClassification,
     "mrm_kl": MRMKL,
     "mrm_regress": MRMRegression,
@@ -222,6 +283,8 @@ class Objectives(nn.Module):
                 self.losses[name] = MLM(self.mask_prob)
             elif name == "mrm_regress":
                 self.losses[name] = MRMRegression(oc.loss or "mse")
+            elif name == "focal_contrastive":
+                self.losses[name] = FocalContrastive(1.0 if oc.gamma is None else oc.gamma)
             else:
                 self.losses[name] = REGISTRY[name]()
 
@@ -230,16 +293,18 @@ class Objectives(nn.Module):
         if "itm_contrastive" in self.losses:
             self.bank = CaptionBank(dataset, tokenizer)
 
-    def forward(
-        self, model: nn.Module, batch, generator: torch.Generator, dp=None
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, model: nn.Module, batch, generator: torch.Generator, dp=None) -> tuple[Tensor, dict[str, Tensor]]:
         step = StepContext(model, batch, generator, plan=self.plan, bank=self.bank, dp=dp)
+        names = list(self.losses)
+        if len(names) > 1:  # a fresh order each step: no pass always runs first
+            order = torch.randperm(len(names), generator=generator, device=generator.device).tolist()
+            names = [names[i] for i in order]
         total, parts = 0.0, {}
-        for name, fn in self.losses.items():
-            value = fn(step)
+        for name in names:
+            value = self.losses[name](step)
             parts[name] = value.detach()
             total = total + self.weights[name] * value
-        return total, parts
+        return total, {name: parts[name] for name in self.losses}
 
 
 def build_objectives(cfg: RunConfig) -> Objectives:

@@ -145,15 +145,22 @@ def init_from(source: str | Path, model: nn.Module) -> int:
     """Initialise `model` from another run (its latest checkpoint) or a checkpoint directory.
 
     Tensors whose names and shapes match are copied; the rest keep their fresh initialisation (a
-    new head, say). A name that matches with a different shape is an error, as is no match at all.
+    new head, say). A ViT positional grid of another size is resampled to this model's (fine-tuning
+    at a higher resolution, as after cropped-positional-embedding pretraining). Any other name
+    that matches with a different shape is an error, as is no match at all.
     Returns the number of tensors copied.
     """
+    from mmtlab.models.vision import sample_pos_grid
+
     source = Path(source)
     ckpt = latest_checkpoint(source) if (source / "checkpoints").is_dir() else source
     if ckpt is None or not (ckpt / "model.safetensors").exists():
         raise FileNotFoundError(f"train.init_from: no checkpoint in {source}")
     weights = load_file(ckpt / "model.safetensors")
     own = model.state_dict()
+    for k, v in weights.items():
+        if k.endswith("image_embed.pos") and k in own and v.dim() == 3 and v.shape[0] == own[k].shape[0]:
+            weights[k] = sample_pos_grid(v, tuple(own[k].shape[1:]), None) if v.shape != own[k].shape else v
     bad = [
         f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
         for k, v in weights.items()

@@ -1,0 +1,126 @@
+"""Generative VQA evaluation: the model continues "question: ... answer:" greedily and the answer
+counts if it equals the reference after normalisation (lower-case words, punctuation dropped).
+Accuracy is reported overall and by question type, next to the majority-answer rate of each type
+(the accuracy of always giving that type's most frequent answer on this split).
+
+`finetune_vqa` trains a run on the VQA questions of its training split first (the MaMMUT recipe:
+VQA is measured after fine-tuning the pretrained model), into RUN_DIR/vqa.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from mmtlab.data.emoji_scenes.vqa import QUESTION_TYPES, Question
+from mmtlab.data.pairs import ImageCache, to_float
+from mmtlab.data.tokenizer import TextTokenizer
+from mmtlab.eval.captioning import decode_continuations, normalize
+from mmtlab.progress import track
+
+
+def prompt_ids(tokenizer: TextTokenizer, prompt: str) -> list[int]:
+    """Token ids of a prompt without the closing [SEP] (the model continues after it)."""
+    tokens, mask = tokenizer([prompt])
+    return tokens[0, : int(mask.sum()) - 1].tolist()
+
+
+@torch.no_grad()
+def answer_questions(
+    model,
+    tokenizer: TextTokenizer,
+    records: Sequence,
+    questions: Sequence[Question],
+    *,
+    batch_size: int = 128,
+    max_new_tokens: int = 8,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> list[str | None]:
+    """Greedy answers, in question order; None where the image could not be decoded. Prompts of
+    equal token length are decoded together, so batches need no padding."""
+    model.eval()
+    cache = ImageCache(records, model.cfg.image.size)
+    by_length: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
+    for qi, q in enumerate(questions):
+        ids = prompt_ids(tokenizer, q.prompt)
+        by_length[len(ids)].append((qi, ids))
+    batches = [group[s : s + batch_size] for group in by_length.values() for s in range(0, len(group), batch_size)]
+    answers: list[str | None] = [None] * len(questions)
+    for batch in track(batches, "answering", enabled=progress):
+        kept = [(qi, ids, img) for qi, ids in batch if (img := cache.get(questions[qi].record)) is not None]
+        if not kept:
+            continue
+        images = to_float(torch.stack([img for _, _, img in kept])).to(device)
+        prompt = torch.tensor([ids for _, ids, _ in kept], dtype=torch.long, device=device)
+        out = model.generate(images, prompt, max_new_tokens=max_new_tokens, method="greedy")
+        for (qi, _, _), text in zip(kept, decode_continuations(tokenizer, out, prompt.shape[1])):
+            answers[qi] = text
+    return answers
+
+
+def vqa_accuracy(questions: Sequence[Question], answers: Sequence[str | None]) -> dict:
+    """Exact-match accuracy (%) overall and by type, with each type's majority-answer rate."""
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for q, a in zip(questions, answers, strict=True):
+        if a is not None:
+            hits[q.qtype].append(normalize(a) == normalize(q.answer))
+    scored = [h for v in hits.values() for h in v]
+    if not scored:
+        raise ValueError("nothing to evaluate: no question with a decodable image")
+    majority = {}
+    for t in hits:
+        counts = Counter(normalize(q.answer) for q, a in zip(questions, answers) if q.qtype == t and a is not None)
+        majority[t] = 100.0 * counts.most_common(1)[0][1] / sum(counts.values())
+    result = {"accuracy": 100.0 * sum(scored) / len(scored)}
+    result.update({f"{t}_accuracy": 100.0 * sum(hits[t]) / len(hits[t]) for t in QUESTION_TYPES if t in hits})
+    result["majority_answer"] = majority
+    result["n_questions"] = len(scored)
+    result["n_by_type"] = {t: len(hits[t]) for t in QUESTION_TYPES if t in hits}
+    return result
+
+
+def evaluate_vqa(model, tokenizer, records, questions, *, examples: int = 12, **kwargs) -> dict:
+    answers = answer_questions(model, tokenizer, records, questions, **kwargs)
+    result = vqa_accuracy(questions, answers)
+    result["skipped_questions"] = sum(a is None for a in answers)
+    result["examples"] = [
+        {"type": q.qtype, "question": q.question, "answer": q.answer, "predicted": a}
+        for q, a in list(zip(questions, answers))[:examples]
+    ]
+    return result
+
+
+def finetune_vqa(
+    run_dir: Path, steps: int, *, lr: float | None = None, batch_size: int | None = None, progress: bool = True
+) -> Path:
+    """Fine-tune a decoder run on VQA (answer-only caption loss) into RUN_DIR/vqa, initialised from
+    the run's weights and tokenizer. Resumable; a finished fine-tune is reused."""
+    from mmtlab.config import load_config
+    from mmtlab.train.checkpoint import latest_checkpoint
+    from mmtlab.train.loop import train
+
+    run_dir = Path(run_dir)
+    out = run_dir / "vqa"
+    overrides = [
+        "objectives=" + json.dumps({"caption": 1.0}),
+        "data.task=vqa",
+        f"train.steps={steps}",
+        f"train.init_from={json.dumps(str(run_dir))}",
+        "train.eval_every=null",
+        f"train.checkpoint_every={steps}",
+        f"train.warmup_steps={max(1, steps // 10)}",
+    ]
+    if lr is not None:
+        overrides.append(f"train.lr={lr}")
+    if batch_size is not None:
+        overrides.append(f"train.batch_size={batch_size}")
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    ckpt = latest_checkpoint(out)
+    if ckpt is None or int(ckpt.name.split("_")[1]) < steps:
+        train(cfg, out, resume=ckpt is not None, progress=progress)
+    return out
