@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from mmtlab.config import ModelConfig, RunConfig
+from mmtlab.models.data2vec import Data2Vec
 from mmtlab.models.fusion import PRESETS, FusionEncoder, LayerSpec, build_layout
 from mmtlab.models.model import MultimodalTransformer
 
-__all__ = ["ARCHS", "PRESETS", "FusionEncoder", "LayerSpec", "MultimodalTransformer", "build_layout", "build_model"]
+__all__ = [
+    "ARCHS",
+    "PRESETS",
+    "Data2Vec",
+    "FusionEncoder",
+    "LayerSpec",
+    "MultimodalTransformer",
+    "build_layout",
+    "build_model",
+]
 
 # Model families by `model.arch`. Every family provides `cfg`, `contrastive` (a ContrastiveHead or
 # None), `encode_image`/`encode_text` when it has a contrastive head, and `num_params()`.
-ARCHS = {"encoder": MultimodalTransformer}
+ARCHS = {"encoder": MultimodalTransformer, "data2vec": Data2Vec}
 
 
 def build_model(cfg: RunConfig | ModelConfig):

@@ -2,8 +2,10 @@
 
 An objective reads the forward passes it needs from a `StepContext`, which computes each pass
 at most once per step: contrastive reads `step.embeddings` (clean unimodal passes), MLM reads
-`step.masked` (joint pass over the image and the masked caption). Two objectives that need the
-same pass share it.
+`step.masked` (joint pass over the image and the masked caption), data2vec reads `step.data2vec`
+(teacher and masked student passes per modality). Two objectives that need the same pass share it.
+An objective may also define `after_optimizer_step(model, step)`, which the loop calls after each
+optimizer step (data2vec's EMA teacher follows the student there).
 """
 
 from __future__ import annotations
@@ -16,9 +18,20 @@ from torch import Tensor, nn
 
 from mmtlab.config import RunConfig
 from mmtlab.objectives.contrastive import Contrastive, info_nce
+from mmtlab.objectives.data2vec import Data2VecLoss, data2vec_pass
 from mmtlab.objectives.mlm import MLM, mask_tokens, mlm_loss
 
-__all__ = ["Contrastive", "MLM", "Objectives", "StepContext", "build_objectives", "info_nce", "mask_tokens", "mlm_loss"]
+__all__ = [
+    "Contrastive",
+    "Data2VecLoss",
+    "MLM",
+    "Objectives",
+    "StepContext",
+    "build_objectives",
+    "info_nce",
+    "mask_tokens",
+    "mlm_loss",
+]
 
 
 @dataclass
@@ -57,8 +70,13 @@ class StepContext:
         states = self.model(images=b.images, tokens=inputs, text_mask=b.text_mask)["text"]
         return MaskedPass(inputs, labels, states)
 
+    @cached_property
+    def data2vec(self):
+        """Per modality: student predictions and teacher targets at the masked positions."""
+        return data2vec_pass(self.model, self.batch, self.generator)
 
-REGISTRY: dict[str, type[nn.Module]] = {"contrastive": Contrastive, "mlm": MLM}
+
+REGISTRY: dict[str, type[nn.Module]] = {"contrastive": Contrastive, "mlm": MLM, "data2vec": Data2VecLoss}
 
 
 class Objectives(nn.Module):
@@ -81,6 +99,12 @@ class Objectives(nn.Module):
             parts[name] = value.detach()
             total = total + self.weights[name] * value
         return total, parts
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """Called by the training loop after optimizer step `step` (1-based)."""
+        for fn in self.losses.values():
+            if hasattr(fn, "after_optimizer_step"):
+                fn.after_optimizer_step(model, step)
 
 
 def build_objectives(cfg: RunConfig) -> Objectives:

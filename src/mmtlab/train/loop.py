@@ -163,6 +163,7 @@ def train(
                     parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / tcfg.grad_accum
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip) if tcfg.grad_clip else None
             optimizer.step()
+            objectives.after_optimizer_step(model, step + 1)  # e.g. data2vec's EMA teacher update
             optimizer.zero_grad(set_to_none=True)
             loss_value = loss_sum
             done = step + 1
