@@ -241,6 +241,24 @@ def test_loss_only_on_masked_positions(m, efficient):
         assert grabbed["out"].grad[:, 0].abs().sum() == 0  # CLS
 
 
+def test_student_sees_the_masked_image_and_the_teacher_the_unmasked_one():
+    cfg = d2v_config(("image",))
+    model = fresh(cfg)
+    inputs = {}
+    model.encoder.layers[0].register_forward_hook(lambda mod, inp, out: inputs.__setitem__("student", inp[0]["image"]))
+    model.teacher.layers[0].register_forward_hook(lambda mod, inp, out: inputs.__setitem__("teacher", inp[0]["image"]))
+    batch = toy_batch()
+    p = data2vec_pass(model, batch, torch.Generator().manual_seed(0))["image"]
+    with torch.no_grad():
+        pos = model.image_embed.pos_embed((4, 4))
+        patches = model.local("image", batch.images) + pos
+        torch.testing.assert_close(inputs["teacher"][:, 1:], patches)
+        student = inputs["student"][:, 1:]
+        torch.testing.assert_close(student[~p.hidden], patches[~p.hidden])
+        expected = (model.mask_emb["image"] + pos).expand(len(batch.images), -1, -1)[p.hidden]
+        torch.testing.assert_close(student[p.hidden], expected)
+
+
 def test_efficient_student_sees_only_visible_tokens_and_masks_share_one_teacher_pass():
     cfg = d2v_config(("image",), efficient=True, copies=3, image={"mask_prob": 0.75, "decoder_groups": 4})
     model = fresh(cfg)
