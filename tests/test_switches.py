@@ -64,7 +64,11 @@ class PerPairLoss(nn.Module):
     """A loss that is a mean over pairs, so k accumulated micro-batches of b pairs are exactly
     one batch of k x b pairs (contrastive is not: its negatives are the micro-batch)."""
 
-    def bind_data(self, dataset, tokenizer):  # the Objectives interface the loop calls
+    # the rest of the Objectives interface the loop calls
+    def bind_data(self, dataset, tokenizer):
+        pass
+
+    def after_optimizer_step(self, model, step):
         pass
 
     def forward(self, model, batch, generator, dp=None):

@@ -296,6 +296,32 @@ def caption(
         console.print(f"{path}: [bold]{text}[/]", highlight=False)
 
 
+@eval_app.command("probe")
+def eval_probe(
+    run_dir: Annotated[Path, typer.Argument(help="a trained run directory (data2vec or a dual encoder)")],
+    split: Annotated[str, typer.Option(help="split the image probe is tested on")] = "test",
+    data: Annotated[Path | None, typer.Option(help="probe on another dataset root")] = None,
+    n_train: Annotated[int, typer.Option(help="probe-training items (images / captions)")] = 4000,
+    n_test: Annotated[int, typer.Option(help="probe-test items (images / captions)")] = 1000,
+):
+    """Linear probes of the frozen encoders vs the same model at random init -> RUN_DIR/eval/probe.json.
+
+    image: largest sprite and its category; text: caption style; speech: spoken keyword (leave one
+    voice out)."""
+    from mmtlab.eval.runs import eval_probe
+
+    result = eval_probe(run_dir, split, data, n_train, n_test)
+    table = Table(title=f"linear probes, accuracy % (+- 95% CI), {run_dir}")
+    for col in ("task", "trained", "random init", "majority class", "train / test"):
+        table.add_column(col, justify="right")
+    for task, r in result.items():
+        if isinstance(r, dict):
+            cells = [f"{r[k]['accuracy']:.1f} +- {r[k]['ci95']:.1f}" for k in ("trained", "random")]
+            table.add_row(task, *cells, f"{r['majority']:.1f}", f"{r['n_train']} / {r['n_test']}")
+    console.print(table)
+    console.print(f"wrote {run_dir / 'eval' / 'probe.json'}")
+
+
 @app.command()
 def study(
     spec: Annotated[Path, typer.Argument(help="study YAML (configs/studies/)")],

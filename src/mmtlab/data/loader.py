@@ -20,6 +20,17 @@ from mmtlab.data.tokenizer import TextTokenizer
 from mmtlab.data.vqa import VQACollator, VQAPairs
 
 
+def training_modalities(cfg: RunConfig) -> str:
+    """What one training item is: "pairs" (image + caption), or for a self-supervised model of one
+    modality "images", "captions" or "speech"."""
+    if cfg.model.arch != "data2vec":
+        return "pairs"
+    mods = set(cfg.model.data2vec.modalities)
+    if mods == {"image", "text"}:
+        return "pairs"
+    return {"image": "images", "text": "captions", "speech": "speech"}[mods.pop()]
+
+
 def image_source(cfg: RunConfig, records, progress: bool = True):
     """What models read for `records`: decoded pixels, or toy-detector regions (computed once per
     dataset split and cached, see data/regions.py)."""
@@ -47,16 +58,33 @@ def with_image_inputs(cfg: RunConfig, source) -> RunConfig:
     return cfg
 
 
-def training_dataset(cfg: RunConfig) -> ImageTextPairs | VQAPairs | ShardStream:
-    """Image-caption pairs (a map-style dataset or a stream of shards), or (data.task = vqa)
-    questions about the split's images."""
+def training_dataset(cfg: RunConfig):
+    """What the run's model trains on: image-caption pairs (a map-style dataset or a stream of
+    shards), (data.task = vqa) questions about the split's images, or single-modality items."""
+    kind = training_modalities(cfg)
     if cfg.data.format == "webdataset":
+        if kind != "pairs":
+            raise ConfigError(f"data.format: webdataset streams image-caption pairs; a {kind} model needs karpathy")
         if cfg.data.task == "vqa":
             raise ConfigError("data.task: vqa needs data.format: karpathy (questions are made from each image's boxes)")
         if cfg.model.image.input == "regions":
             raise ConfigError("model.image.input: regions needs data.format: karpathy (regions are cached per split)")
         return ShardStream.from_config(cfg.data, cfg.model.image.size, cfg.seed)
+    if kind == "speech":
+        from mmtlab.data.speech import load_spoken
+        from mmtlab.data.unimodal import SpokenCaptions
+
+        spoken = load_spoken(cfg.data, cfg.data.speech_captions)
+        return SpokenCaptions(spoken, cfg.data.speech_captions, cfg.model.speech.max_seconds, cfg.seed)
     records = load_split(cfg.data, cfg.data.train_split)
+    if kind == "images":
+        from mmtlab.data.unimodal import ImagesOnly
+
+        return ImagesOnly(records, cfg.model.image.size, cfg.data.max_train_pairs)
+    if kind == "captions":
+        from mmtlab.data.unimodal import CaptionsOnly
+
+        return CaptionsOnly(records, cfg.data.max_train_pairs)
     if cfg.data.task == "vqa":
         if cfg.model.image.input == "regions":
             raise ConfigError("data.task: vqa reads pixels; set model.image.input: patches")
@@ -79,13 +107,17 @@ def training_batches(
     workers = cfg.data.num_workers
     if isinstance(dataset, ShardStream):
         return _stream_batches(dataset, cfg, tokenizer, start_sample, rank, world, resume_state or {})
+    if hasattr(dataset, "collator"):  # single-modality items (data/unimodal.py)
+        collate = dataset.collator(tokenizer)
+    elif isinstance(dataset, VQAPairs):
+        collate = VQACollator(tokenizer)
+    else:
+        collate = PairCollator(tokenizer, dataset.images.stack)
     loader = DataLoader(
         dataset,
         batch_size=cfg.train.batch_size // world,
         sampler=ResumableSampler(len(dataset), cfg.seed, start=start_sample, rank=rank, world=world),
-        collate_fn=VQACollator(tokenizer)
-        if isinstance(dataset, VQAPairs)
-        else PairCollator(tokenizer, dataset.images.stack),
+        collate_fn=collate,
         num_workers=workers,
         drop_last=True,
         persistent_workers=workers > 0,

@@ -217,9 +217,45 @@ def eval_vqa(
     return result
 
 
+def eval_probe(
+    run_dir: Path,
+    split: str = "test",
+    data: Path | None = None,
+    n_train: int = 4000,
+    n_test: int = 1000,
+    progress: bool = True,
+) -> dict:
+    """Linear probes of the frozen encoders (image: largest sprite and its category, text: caption
+    style, speech: keyword), each also on the same architecture at random init."""
+    import torch
+
+    from mmtlab.eval.probe import run_probes
+    from mmtlab.models import build_model
+
+    run_dir = Path(run_dir)
+    model, cfg = load_run(run_dir, data)
+    cfg.data.test_split = split
+    torch.manual_seed(cfg.seed)  # the initialisation the run itself started from
+    random_model = build_model(cfg)
+    modalities = getattr(model, "modalities", ("image", "text"))
+    spoken = None
+    if "speech" in modalities:
+        from mmtlab.data.speech import load_spoken
+
+        spoken = load_spoken(cfg.data)
+    probes = run_probes(
+        model, random_model, cfg, model.tokenizer, modalities, n_train=n_train, n_test=n_test, spoken=spoken,
+        progress=progress,
+    )  # fmt: skip
+    result = {"split": split, **probes}
+    atomic_write_json(run_dir / "eval" / "probe.json", result)
+    return result
+
+
 EVALS: dict[str, Callable[..., dict]] = {
     "retrieval": eval_retrieval,
     "mlm": eval_mlm,
     "caption": eval_caption,
     "vqa": eval_vqa,
+    "probe": eval_probe,
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mmtlab.config import ModelConfig, RunConfig
 from mmtlab.models.coca import CoCa
+from mmtlab.models.data2vec import Data2Vec
 from mmtlab.models.dual_captioner import DualEncoderCaptioner
 from mmtlab.models.fusion import PRESETS, FusionEncoder, LayerSpec, build_layout
 from mmtlab.models.mammut import MaMMUT
@@ -13,6 +14,7 @@ __all__ = [
     "ARCHS",
     "PRESETS",
     "CoCa",
+    "Data2Vec",
     "DualEncoderCaptioner",
     "FusionEncoder",
     "LayerSpec",
@@ -30,6 +32,7 @@ ARCHS = {
     "mammut": MaMMUT,
     "coca": CoCa,
     "dual_captioner": DualEncoderCaptioner,
+    "data2vec": Data2Vec,
 }
 
 

@@ -232,9 +232,16 @@ def merged(depth: int, weights: Weights = "shared") -> list[LayerSpec]:
     return [LayerSpec(attend=BOTH, weights=weights) for _ in range(depth)]
 
 
-def modality_specific(depth: int, weights: Weights = "per_modality") -> list[LayerSpec]:
-    """Dual encoder: each stream attends only to itself; no path between modalities."""
-    return [LayerSpec(attend=SELF, weights=weights) for _ in range(depth)]
+def modality_specific(
+    depth: int, weights: Weights = "per_modality", streams: tuple[str, ...] = (TEXT, IMAGE)
+) -> list[LayerSpec]:
+    """Dual encoder: each stream attends only to itself; no path between modalities.
+
+    `streams` names the streams that get weights: ("image",) is a single-modality ViT, as data2vec
+    trains it; ("speech",) a speech transformer.
+    """
+    attend = {m: (m,) for m in streams}
+    return [LayerSpec(attend=attend, weights=weights) for _ in range(depth)]
 
 
 def asym_text_queries(depth: int, weights: Weights = "shared") -> list[LayerSpec]:

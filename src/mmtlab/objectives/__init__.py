@@ -8,6 +8,9 @@ tokens and masked regions; itm_contrastive reads `step.itm_candidates`; caption 
 share it. Passes run on first use and the objectives are visited in a fresh random order every
 step, so a two-pass model (MaMMUT: contrastive and generative) runs its passes in shuffled order;
 the weighted sum gets one backward.
+data2vec reads `step.data2vec` (teacher and masked student passes per modality). An objective may
+also define `after_optimizer_step(model, step)`, which the loop calls after each optimizer step
+(data2vec's EMA teacher follows the student there).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from mmtlab.config import DECODER_ARCHS, MRM_OBJECTIVES, RunConfig
 from mmtlab.models.vision import random_crop_boxes
 from mmtlab.objectives.caption import Caption, caption_loss, next_token_labels
 from mmtlab.objectives.contrastive import Contrastive, info_nce
+from mmtlab.objectives.data2vec import Data2VecLoss, data2vec_pass
 from mmtlab.objectives.itm import (
     ITM,
     Candidates,
@@ -37,9 +41,9 @@ from mmtlab.objectives.sigmoid import FocalContrastive, SigLIP, focal_sigmoid_lo
 from mmtlab.objectives.zloss import ZLoss, z_loss
 
 __all__ = [
-    "Caption", "Contrastive", "FocalContrastive", "ITM", "ITMContrastive", "MLM", "MRMKL", "MRMClassification",
-    "MRMRegression", "Objectives", "PassPlan", "SigLIP", "StepContext", "ZLoss", "build_objectives",
-    "caption_loss", "focal_sigmoid_loss", "info_nce", "mask_regions", "mask_tokens", "mlm_loss",
+    "Caption", "Contrastive", "Data2VecLoss", "FocalContrastive", "ITM", "ITMContrastive", "MLM", "MRMKL",
+    "MRMClassification", "MRMRegression", "Objectives", "PassPlan", "SigLIP", "StepContext", "ZLoss",
+    "build_objectives", "caption_loss", "focal_sigmoid_loss", "info_nce", "mask_regions", "mask_tokens", "mlm_loss",
     "next_token_labels", "sigmoid_loss", "z_loss",
 ]  # fmt: skip
 
@@ -232,6 +236,11 @@ class StepContext:
         index, valid = choose_candidates(b.image_index, owner, plan.candidates, self.generator, sim)
         return Candidates(tokens, mask, index, valid)
 
+    @cached_property
+    def data2vec(self):
+        """Per modality: student predictions and teacher targets at the masked positions."""
+        return data2vec_pass(self.model, self.batch, self.generator)
+
 
 def _pad_to(x: Tensor, width: int, value) -> Tensor:
     return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
@@ -249,6 +258,7 @@ REGISTRY: dict[str, type[nn.Module]] = {
     "mrm_regress": MRMRegression,
     "itm": ITM,
     "itm_contrastive": ITMContrastive,
+    "data2vec": Data2VecLoss,
 }
 
 
@@ -305,6 +315,12 @@ class Objectives(nn.Module):
             parts[name] = value.detach()
             total = total + self.weights[name] * value
         return total, {name: parts[name] for name in self.losses}
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """Called by the training loop after optimizer step `step` (1-based)."""
+        for fn in self.losses.values():
+            if hasattr(fn, "after_optimizer_step"):
+                fn.after_optimizer_step(model, step)
 
 
 def build_objectives(cfg: RunConfig) -> Objectives:

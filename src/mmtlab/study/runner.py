@@ -16,7 +16,7 @@ from rich.console import Console
 
 from mmtlab.io import atomic_write_json, atomic_write_text
 from mmtlab.progress import stderr
-from mmtlab.study.spec import Cell, StudySpec, cell_config, expand, load_study
+from mmtlab.study.spec import Cell, StudySpec, cell_config, expand, load_study, pretrain_configs
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (n - 1); 1.96 beyond 30.
 T95 = [
@@ -85,7 +85,9 @@ def run_study(
 
         raise ConfigError(f"{path}: evals {unknown} unknown; available: {', '.join(EVALS)}")
     # Validate every run's config before spending hours on the first ones.
-    configs = {(c, s): cell_config(spec, base, c, s) for c in cells for s in spec.seeds}
+    pretrain = pretrain_configs(spec, Path(path))
+    pretrained = {name: out / "pretrain" / name for name in pretrain}
+    configs = {(c, s): cell_config(spec, base, c, s, pretrained) for c in cells for s in spec.seeds}
     total = len(configs)
     console.print(f"study [bold]{spec.name}[/]: {len(cells)} cells x {len(spec.seeds)} seeds = {total} runs -> {out}")
     if dry_run:
@@ -96,6 +98,11 @@ def run_study(
     shutil.copyfile(path, out / "study.yaml")
     for data_dir, kwargs in spec.data.items():
         build_emoji_scenes(data_dir, **kwargs)
+    for name, cfg in pretrain.items():
+        ckpt = latest_checkpoint(pretrained[name])
+        if ckpt is None or int(ckpt.name.split("_")[1]) < cfg.train.steps:
+            console.rule(f"pretraining {name}")
+            train(cfg, pretrained[name], resume=ckpt is not None, console=console)
     for i, ((cell, seed), cfg) in enumerate(configs.items(), 1):
         run_dir = run_dir_of(out, cell, seed)
         done = run_dir / "study_run.json"

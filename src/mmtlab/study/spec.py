@@ -15,6 +15,9 @@ axes:                                 # cartesian product; each value is a label
 evals:
   retrieval: {split: test}
 metrics: [retrieval.t2i_r1, retrieval.i2t_r1]
+pretrain:                             # runs trained once, before the grid; cells name one as {pretrain.NAME}
+  d2v: {base: ../runs/data2vec-image-text.yaml, set: [train.steps=600]}
+# ... and then, e.g.:  axes: {init: {random: {}, data2vec: {train.init_from: "{pretrain.d2v}"}}}
 """
 
 from __future__ import annotations
@@ -32,6 +35,14 @@ from pydantic import Field, ValidationError, model_validator
 from mmtlab.config import CONFIG_DIR, ConfigError, Strict, load_config
 
 
+class PretrainRun(Strict):
+    base: str = Field(description="run config: a path relative to the study file, or a name in configs/runs")
+    set: list[str] = Field(default_factory=list, description="overrides")
+
+
+PRETRAIN_REF = re.compile(r"\{pretrain\.([A-Za-z0-9_.-]+)\}")
+
+
 class StudySpec(Strict):
     name: str
     base: str = Field(description="run config: a path relative to the study file, or a name in configs/runs")
@@ -44,6 +55,9 @@ class StudySpec(Strict):
     metrics: list[str] = Field(
         default_factory=lambda: [f"retrieval.{d}_r{k}" for d in ("t2i", "i2t") for k in (1, 5, 10)],
         description="eval.metric names shown in the table",
+    )
+    pretrain: dict[str, PretrainRun] = Field(
+        default_factory=dict, description="runs trained before the grid, referred to as {pretrain.NAME} in overrides"
     )
 
     @model_validator(mode="after")
@@ -58,6 +72,10 @@ class StudySpec(Strict):
         for m in self.metrics:
             if m.split(".", 1)[0] not in self.evals or "." not in m:
                 raise ValueError(f"metrics: {m!r} must be <eval>.<metric> with <eval> one of {list(self.evals)}")
+        values = [*self.set, *(str(v) for labels in self.axes.values() for ov in labels.values() for v in ov.values())]
+        for name in {n for v in values for n in PRETRAIN_REF.findall(v)}:
+            if name not in self.pretrain:
+                raise ValueError(f"{{pretrain.{name}}} is used but pretrain has no run {name!r}")
         return self
 
 
@@ -95,14 +113,28 @@ def load_study(path: str | Path) -> tuple[StudySpec, Path]:
         from mmtlab.config import format_validation_error
 
         raise ConfigError(f"{path}: " + format_validation_error(e).replace("config", "study", 1)) from None
-    base = (path.parent / spec.base).resolve()
-    if not base.exists():
-        base = CONFIG_DIR / "runs" / f"{spec.base.removesuffix('.yaml')}.yaml"
-    if not base.exists():
-        raise ConfigError(
-            f"{path}: base run config {spec.base!r} not found (relative to the study file or configs/runs)"
-        )
-    return spec, base
+    return spec, resolve_run_config(path, spec.base)
+
+
+def resolve_run_config(study: Path, name: str) -> Path:
+    """A run config named in a study: relative to the study file, or a name in configs/runs."""
+    found = (Path(study).parent / name).resolve()
+    if not found.exists():
+        found = CONFIG_DIR / "runs" / f"{name.removesuffix('.yaml')}.yaml"
+    if not found.exists():
+        raise ConfigError(f"{study}: run config {name!r} not found (relative to the study file or configs/runs)")
+    return found
+
+
+def pretrain_configs(spec: StudySpec, study: Path) -> dict:
+    """The validated run config of each pretraining run of the study, by name."""
+    out = {}
+    for name, run in spec.pretrain.items():
+        try:
+            out[name] = load_config(resolve_run_config(study, run.base), run.set)
+        except ConfigError as e:
+            raise ConfigError(f"study pretrain [{name}]: {e}") from None
+    return out
 
 
 def expand(spec: StudySpec) -> list[Cell]:
@@ -117,9 +149,13 @@ def expand(spec: StudySpec) -> list[Cell]:
     return cells
 
 
-def cell_config(spec: StudySpec, base: Path, cell: Cell, seed: int):
-    """The validated run config of one cell and seed (raises ConfigError naming the cell)."""
+def cell_config(spec: StudySpec, base: Path, cell: Cell, seed: int, pretrained: dict[str, Path] | None = None):
+    """The validated run config of one cell and seed (raises ConfigError naming the cell).
+    `pretrained` maps pretraining run names to their directories, for {pretrain.NAME}."""
+    overrides = [*spec.set, *cell.overrides, f"seed={seed}"]
+    if pretrained:
+        overrides = [PRETRAIN_REF.sub(lambda m: str(pretrained[m.group(1)]), o) for o in overrides]
     try:
-        return load_config(base, [*spec.set, *cell.overrides, f"seed={seed}"])
+        return load_config(base, overrides)
     except ConfigError as e:
         raise ConfigError(f"study cell [{cell.name}]: {e}") from None

@@ -222,6 +222,7 @@ def _train(
             par.end_backward()
             grad_norm = par.clip_grad_norm_(tcfg.grad_clip) if tcfg.grad_clip else None
             optimizer.step()
+            objectives.after_optimizer_step(model, step + 1)  # e.g. data2vec's EMA teacher update
             optimizer.zero_grad(set_to_none=True)
             loss_value = loss_sum
             done = step + 1
