@@ -36,7 +36,7 @@ SHORT = [
     "train.warmup_steps=5",
     "train.log_every=1",
     "train.eval_every=null",
-    "train.threads=2",
+    "train.threads=1",  # one thread per process: 2 threads on a busy 2-core machine spin-wait each other
     "model.dropout=0.1",  # dropout's random stream must replay across the restart too
 ]
 
