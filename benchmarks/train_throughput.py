@@ -64,7 +64,7 @@ def synthetic_batch(cfg, batch_size: int, seq_len: int, g: torch.Generator) -> B
 
 
 def model_overrides(spec: str) -> tuple[str, list[str]]:
-    """"dual-tiny:width=256,depth=8" -> ("dual-tiny", ["model.width=256", "model.depth=8"])."""
+    """ "dual-tiny:width=256,depth=8" -> ("dual-tiny", ["model.width=256", "model.depth=8"])."""
     name, _, rest = spec.partition(":")
     return name, [f"model.{kv.strip()}" for kv in rest.split(",") if kv.strip()]
 

@@ -85,9 +85,7 @@ class Objectives(nn.Module):
         for name in cfg.objectives:
             self.losses[name] = MLM(self.mask_prob) if name == "mlm" else REGISTRY[name]()
 
-    def forward(
-        self, model: nn.Module, batch, generator: torch.Generator, dp=None
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, model: nn.Module, batch, generator: torch.Generator, dp=None) -> tuple[Tensor, dict[str, Tensor]]:
         step = StepContext(model, batch, generator, self.mask_prob, dp)
         total, parts = 0.0, {}
         for name, fn in self.losses.items():
