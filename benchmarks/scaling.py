@@ -1,5 +1,7 @@
 """Data-parallel scaling: training pairs/s of one model config on 1 and on N processes, same global
-batch, with the machine's threads split evenly between the processes (gloo on CPU).
+batch (gloo on CPU). Three runs per mode: 1 process with all threads, 1 process with 1/N of them,
+and N processes with 1/N each; the N-process speedup against the second is the data-parallel
+efficiency (ideal: N), against the first the gain over using the same cores with threads.
 
     python benchmarks/scaling.py                                  # demo model, ddp and fsdp, 1 -> 2 processes
     python benchmarks/scaling.py --model merged-tiny --world 4 --threads 16 --batch-size 256
@@ -35,8 +37,7 @@ def _rank_throughput(model_spec: str, objectives: list[str], mode: str, batch_si
     from mmtlab.train.distributed import parallelize, setup
     from mmtlab.train.optim import build_optimizer
 
-    dist.init_process_group("gloo")
-    dp = setup()
+    dp = setup()  # joins the group launch_local started
     cfg = measure_config(model_spec, objectives, "fp32")
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -64,10 +65,9 @@ def _rank_throughput(model_spec: str, objectives: list[str], mode: str, batch_si
     return time.perf_counter() - t
 
 
-def run(model_spec, objectives, mode, world, threads, batch_size, text_len, steps) -> dict:
+def run(model_spec, objectives, mode, world, per_rank, batch_size, text_len, steps) -> dict:
     from mmtlab.train.distributed import launch_local
 
-    per_rank = max(1, threads // world)
     args = (model_spec, objectives, mode, batch_size, text_len, steps)
     seconds = max(launch_local(_rank_throughput, world, *args, threads=per_rank))
     return {
@@ -93,11 +93,15 @@ def main() -> None:
     args = p.parse_args()
     objectives = args.objectives.split(",")
     rows = []
+    per_rank = max(1, args.threads // args.world)
     for mode in args.modes.split(","):
-        one = run(args.model, objectives, mode, 1, args.threads, args.batch_size, args.text_len, args.steps)
-        many = run(args.model, objectives, mode, args.world, args.threads, args.batch_size, args.text_len, args.steps)
-        many["speedup_vs_1"] = round(many["pairs_per_s"] / one["pairs_per_s"], 3)
-        rows += [one, many]
+        common = (args.batch_size, args.text_len, args.steps)
+        all_threads = run(args.model, objectives, mode, 1, args.threads, *common)
+        same_threads = run(args.model, objectives, mode, 1, per_rank, *common)
+        many = run(args.model, objectives, mode, args.world, per_rank, *common)
+        many["speedup_vs_1_process_same_threads_each"] = round(many["pairs_per_s"] / same_threads["pairs_per_s"], 3)
+        many["speedup_vs_1_process_all_threads"] = round(many["pairs_per_s"] / all_threads["pairs_per_s"], 3)
+        rows += [all_threads, same_threads, many]
     result = {
         "benchmark": "scaling",
         "model": args.model,

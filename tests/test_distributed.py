@@ -136,9 +136,6 @@ GRAD_CASES = {
 
 
 def _all_grad_cases():
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo")
     return {name: _distributed_grads(*case) for name, case in GRAD_CASES.items()}
 
 
@@ -166,11 +163,8 @@ def test_gradients_equal_single_process(distributed_grads, case):
 
 def _train_runs(jobs):
     """Each rank: train() for every (raw config, run dir, kwargs) job, in this process group."""
-    import torch.distributed as dist
-
     from mmtlab.train.loop import train
 
-    dist.init_process_group("gloo")
     return [train(load_config(raw), run_dir, progress=False, **kw).final_loss for raw, run_dir, kw in jobs]
 
 
@@ -210,17 +204,21 @@ def assert_same_run(a, b, rtol=1e-4):
 @pytest.fixture(scope="module")
 def runs(tiny_data, tmp_path_factory):
     """One process: a whole run, and a run stopped after 2 of 4 steps. Two processes: a ddp run,
-    an fsdp run stopped after 2 steps, and the stopped one-process run continued under ddp."""
+    an fsdp run stopped after 2 steps, and the stopped one-process run continued under ddp and fsdp."""
+    import shutil
+
     from mmtlab.train.loop import train
 
     root = tmp_path_factory.mktemp("runs")
     single, ddp = run_config(tiny_data, "ddp"), run_config(tiny_data, "ddp")
     train(load_config(single), root / "single", progress=False)
     train(load_config(single), root / "single-then-ddp", stop_after=2, progress=False)
+    shutil.copytree(root / "single-then-ddp", root / "single-then-fsdp")
     jobs = [
         (ddp, root / "ddp", {}),
         (run_config(tiny_data, "fsdp"), root / "fsdp-then-single", {"stop_after": 2}),
         (ddp, root / "single-then-ddp", {"resume": True}),
+        (run_config(tiny_data, "fsdp"), root / "single-then-fsdp", {"resume": True}),
     ]
     launch_local(_train_runs, WORLD, jobs, threads=1)
     return root
@@ -245,8 +243,9 @@ def test_sharded_checkpoint_resumes_on_another_world_size(runs):
     assert_same_run(runs / "single", run)
 
 
-def test_single_process_checkpoint_resumes_under_ddp(runs):
-    assert_same_run(runs / "single", runs / "single-then-ddp")
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_single_process_checkpoint_resumes_under_torchrun(runs, mode):
+    assert_same_run(runs / "single", runs / f"single-then-{mode}")
 
 
 def test_torchrun_command_of_the_readme(tiny_data, tmp_path):
@@ -266,7 +265,8 @@ def test_torchrun_command_of_the_readme(tiny_data, tmp_path):
     raw["train"]["steps"] = 2
     config.write_text(yaml.safe_dump(raw))
     cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "mmtlab.cli", "train", str(config)]
-    done = subprocess.run([*cmd, "--out", str(tmp_path / "run"), "--resume"], capture_output=True, text=True)
+    out = ["--out", str(tmp_path / "run"), "--resume"]
+    done = subprocess.run([*cmd, *out], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("trained 2 steps") == 1  # rank 0 speaks for the run
     assert (tmp_path / "run" / "checkpoints" / "step_00000002" / "dcp").is_dir()

@@ -1,6 +1,7 @@
 """Streaming WebDataset training data: splitting per rank and worker, resampling, shuffling,
 workers, skip-and-count of damage, and resume."""
 
+import itertools
 import json
 import random
 
@@ -146,3 +147,38 @@ def test_stream_config_errors(shards):
 
     with pytest.raises(DatasetNotFound, match="data.shards"):
         shard_urls(load_config({"data": {"format": "webdataset", "shards": str(shards[0]) + "::/nope/x.tar"}}).data)
+
+
+def test_img2dataset_style_shards(tmp_path, tokenizer):
+    """img2dataset's webdataset output: {key}.jpg, {key}.txt, {key}.json with its own metadata."""
+    import io
+
+    from PIL import Image
+
+    samples = []
+    for i in range(6):
+        buf = io.BytesIO()
+        Image.new("RGB", (80, 60), (40 * i, 100, 200)).save(buf, format="JPEG")
+        meta = {"url": f"http://example.com/{i}.jpg", "caption": f"a photo number {i}", "status": "success"}
+        samples.append((f"{i:09d}", {"jpg": buf.getvalue(), "txt": f"a photo number {i}", "json": json.dumps(meta)}))
+    (shard,) = write_shards(tmp_path, "00000", samples, shard_size=6)
+    (batch,) = collect(ShardStream([shard], 64, buffer=0), tokenizer, 1)
+    assert batch.images.shape == (8, 3, 64, 64)  # resized and centre-cropped like files on disk
+    assert batch.skipped == 0
+
+
+def test_stream_resume_modes(shards, tokenizer):
+    from mmtlab.data.loader import training_batches
+
+    cfg = stream_run(shards)
+    cfg.data.num_workers = 0
+    stream = ShardStream.from_config(cfg.data, 64, cfg.seed)
+    first = list(itertools.islice(training_batches(stream, cfg, tokenizer), 3))
+    same = {"stream": {"world": 1, "workers": 0}}
+    exact = next(training_batches(stream, cfg, tokenizer, start_sample=16, resume_state=same))
+    assert same_batch(exact, first[2])  # 16 samples = 2 batches of 8 consumed: the third comes next
+    with pytest.warns(UserWarning, match="reseeded"):  # other readers than the interrupted run's
+        moved = next(training_batches(stream, cfg, tokenizer, start_sample=16, resume_state={"stream": {"world": 2}}))
+    cfg.data.stream_resume = "reseed"
+    reseeded = next(training_batches(stream, cfg, tokenizer, start_sample=16, resume_state=same))
+    assert same_batch(moved, reseeded) and not same_batch(reseeded, first[2])

@@ -19,7 +19,8 @@ built the graph:
   backward. The root's own parameters (embeddings, norms, heads) are all-gathered at the start of
   each micro-step, so methods that read them outside a forward (`mlm_logits`, `scale()`) see full
   tensors. FSDP2 cannot shard 0-d parameters (the logit scale): those stay replicated and are
-  synchronised by `GradientSync`, as in ddp.
+  synchronised by `GradientSync`, as in ddp. Every rank must run the same forward passes (each
+  one all-gathers): objectives choose passes by config, never by data, so they do.
 
 Contrastive losses gather embeddings with gradients (`all_gather_with_grad`: open_clip's
 gather_with_grad + local loss). Each rank's local loss uses every rank's embeddings and the
@@ -297,24 +298,19 @@ def _param_order(model: nn.Module):
     return lambda p: index[id(p)]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_rank(fn, rank: int, world: int, port: int, threads: int | None, args: tuple, results) -> None:
     import pickle
     import traceback
 
-    os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     if threads:
         torch.set_num_threads(threads)
     try:
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(rank)
+        store = dist.TCPStore("127.0.0.1", port, world + 1, is_master=False)
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", store=store, rank=rank, world_size=world)
         # plain pickle: torch's queue would share tensors through file descriptors that die with us
         results.put((rank, True, pickle.dumps(fn(*args))))
     except BaseException:
@@ -325,9 +321,11 @@ def _run_rank(fn, rank: int, world: int, port: int, threads: int | None, args: t
 
 
 def launch_local(fn, world: int, *args, threads: int | None = None, timeout: float = 600.0) -> list:
-    """Run `fn(*args)` in `world` new processes on this machine, with the environment torchrun
-    gives (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), and return each rank's result.
-    For tests and benchmarks; clusters use torchrun. `fn` must be importable (module level)."""
+    """Run `fn(*args)` in `world` new processes on this machine, each already in the process group
+    (gloo; nccl too with CUDA) and with torchrun's RANK, WORLD_SIZE, LOCAL_RANK, and return each
+    rank's result. For tests and benchmarks; clusters use torchrun. `fn` must be importable (module
+    level). The ranks meet at a store this process holds on a port the OS picked: no port is
+    chosen, released and bound again, so parallel launches on one machine cannot collide."""
     import pickle
     import queue
     import time
@@ -336,9 +334,9 @@ def launch_local(fn, world: int, *args, threads: int | None = None, timeout: flo
 
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    port = _free_port()
+    store = dist.TCPStore("127.0.0.1", 0, world + 1, is_master=True, wait_for_workers=False)
     procs = [
-        ctx.Process(target=_run_rank, args=(fn, r, world, port, threads, args, results), daemon=False)
+        ctx.Process(target=_run_rank, args=(fn, r, world, store.port, threads, args, results), daemon=False)
         for r in range(world)
     ]
     for p in procs:

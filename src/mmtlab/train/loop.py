@@ -110,7 +110,7 @@ def train(
     many optimizer steps, having checkpointed them; a later `resume=True` call finishes the run.
 
     Under torchrun (or in a process group the caller initialised) every process calls this alike."""
-    dp = setup_distributed(pick_device())
+    dp = setup_distributed()
     try:
         return _train(cfg, Path(run_dir), dp, resume, stop_after, console or stderr, progress and dp.is_main)
     finally:
