@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmtlab.config import ConfigError, load_config
+from mmtlab.config import CONFIG_DIR, ConfigError, load_config
 from mmtlab.data.boxes import box_geometry
 from mmtlab.data.pairs import Batch
 from mmtlab.data.regions import Regions
@@ -290,3 +290,18 @@ def test_region_run_with_every_loss_resumes_exactly(tiny_data, tmp_path):
     a = load_file(latest_checkpoint(tmp_path / "whole") / "model.safetensors")
     b = load_file(latest_checkpoint(tmp_path / "split") / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", [p.stem for p in sorted((CONFIG_DIR / "models").glob("*-regions.yaml"))])
+def test_shipped_region_models_train(name, tiny_data, tmp_path_factory):
+    from conftest import tiny_run_config
+
+    from mmtlab.train.loop import train
+
+    raw = tiny_run_config(tiny_data, steps=2, batch_size=8, checkpoint_every=2)
+    raw["model"] = {"base": name, "width": 32, "heads": 2}
+    raw["data"]["regions"] = {"cache_dir": str(tmp_path_factory.getbasetemp() / "region-cache")}
+    raw["objectives"] = {"mlm": 1.0, "itm": 1.0, "mrm_kl": 1.0}
+    run = tmp_path_factory.mktemp(name)
+    result = train(load_config(raw), run, progress=False)
+    assert result.steps == 2 and math.isfinite(result.final_loss)
