@@ -28,6 +28,22 @@ def test_shipped_run_configs_validate():
         load_config(path)
 
 
+def test_shipped_model_configs_and_studies_validate():
+    from mmtlab.config import CONFIG_DIR
+    from mmtlab.study.spec import cell_config, expand, load_study
+
+    models = sorted((CONFIG_DIR / "models").glob("*.yaml"))
+    assert models
+    for path in models:
+        assert load_config({"model": path.stem}).model.layout
+    studies = sorted((CONFIG_DIR / "studies").glob("*.yaml"))
+    assert studies
+    for path in studies:
+        spec, base = load_study(path)
+        for cell in expand(spec):
+            cell_config(spec, base, cell, spec.seeds[0])
+
+
 @pytest.mark.parametrize(
     "overrides, expected",
     [

@@ -3,14 +3,14 @@
 An objective reads the forward passes it needs from a `StepContext`, which computes each pass
 at most once per step: contrastive reads `step.embeddings` (clean unimodal passes); MLM, MRM and
 ITM read `step.masked`, one joint pass over the (possibly re-paired) batch with masked caption
-tokens and masked regions; itm_contrastive reads `step.itm_candidates`; caption reads
-`step.caption` (the generative pass of decoder families). Two objectives that need the same pass
-share it. Passes run on first use and the objectives are visited in a fresh random order every
-step, so a two-pass model (MaMMUT: contrastive and generative) runs its passes in shuffled order;
-the weighted sum gets one backward.
-data2vec reads `step.data2vec` (teacher and masked student passes per modality). An objective may
-also define `after_optimizer_step(model, step)`, which the loop calls after each optimizer step
-(data2vec's EMA teacher follows the student there).
+tokens and masked regions (in every pair; MLM/MRM targets only on matching ones); itm_contrastive
+reads `step.itm_candidates`; caption reads `step.caption` (the generative pass of decoder
+families); data2vec reads `step.data2vec` (teacher and masked student passes per modality). Two
+objectives that need the same pass share it. Passes run on first use and the objectives are
+visited in a fresh random order every step, so a two-pass model (MaMMUT: contrastive and
+generative) runs its passes in shuffled order; the weighted sum gets one backward. An objective
+may also define `after_optimizer_step(model, step)`, which the loop calls after each optimizer
+step (data2vec's EMA teacher follows the student there).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class MaskedPass:
     image_states: Tensor | None = None  # final image states [B, N, D]
     text_mask: Tensor | None = None  # [B, L] of the (re-paired) captions
     image_mask: Tensor | None = None  # [B, N] key mask of the image tokens (None: all real)
-    region_chosen: Tensor | None = None  # [B, R] regions masked for MRM (never in negative pairs)
+    region_chosen: Tensor | None = None  # [B, R] MRM targets: masked regions of matching pairs only
     is_match: Tensor | None = None  # [B] bool: the pair is the original one (always True without ITM)
 
 
@@ -177,26 +177,29 @@ class StepContext:
 
     @cached_property
     def masked(self) -> MaskedPass:
-        """The joint pass: images with (re-paired) captions; on matching pairs only, caption tokens
-        masked for MLM and regions masked for MRM."""
+        """The joint pass: images with (re-paired) captions, caption tokens and regions masked in
+        every pair; MLM and MRM targets only on matching pairs. Masking negatives too (as ViLBERT
+        and LXMERT do) keeps ITM from telling a pair by whether it contains [MASK] tokens."""
         b, t, plan = self.batch, self.model.cfg.text, self.plan
         pairing = self.pairing
         tokens, text_mask = b.tokens[pairing.text_index], b.text_mask[pairing.text_index]
         if plan.mask_text:
             inputs, labels = mask_tokens(
                 tokens,
-                text_mask & pairing.is_match[:, None],
+                text_mask,
                 special_ids=(t.pad_id, t.cls_id, t.sep_id, t.mask_id),
                 mask_id=t.mask_id,
                 vocab_size=t.vocab_size,
                 prob=plan.text_mask_prob,
                 generator=self.generator,
             )
+            labels = labels.masked_fill(~pairing.is_match[:, None], IGNORE)
         else:
             inputs, labels = tokens, torch.full_like(tokens, IGNORE)
         images, chosen = b.images, None
         if plan.mask_regions:
-            images, chosen = mask_regions(images, plan.region_mask_prob, self.generator, pairing.is_match)
+            images, chosen = mask_regions(images, plan.region_mask_prob, self.generator)
+            chosen = chosen & pairing.is_match[:, None]
         crops = {} if self.pos_box is None else {"pos_box": self.pos_box}
         states = self.model(images=images, tokens=inputs, text_mask=text_mask, **crops)
         return MaskedPass(
