@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from mmtlab.data.pairs import ImageCache
-from mmtlab.eval.retrieval import chance_recall, recall_at_k
+from mmtlab.eval.retrieval import captions_of, chance_recall, encode_decodable_images, recall_at_k
 from mmtlab.progress import track
 
 
@@ -60,33 +60,16 @@ def encode_unpaired_records(
     """Run the pair-independent part of the model once per decodable image and per caption."""
     model.eval()
     source = source if source is not None else ImageCache(records, model.cfg.image.size, keep=False)
-    kept, states, masks, sizes, pending = [], [], [], [], []
+    states, masks, sizes = [], [], []
 
-    def flush():
-        if pending:
-            x, pad = model.encode_unpaired(images=source.stack(pending))["image"]
-            states.append(x)
-            masks.append(pad)
-            sizes.append(x.shape[0])
-            pending.clear()
+    def encode(batch):
+        x, pad = model.encode_unpaired(images=batch)["image"]
+        states.append(x)
+        masks.append(pad)
+        sizes.append(x.shape[0])
 
-    for ri in track(range(len(records)), "encoding images", enabled=progress):
-        item = source.get(ri)
-        if item is None:
-            continue
-        kept.append(ri)
-        pending.append(item)
-        if len(pending) == batch_size:
-            flush()
-    flush()
-    captions, owner, empty = [], [], 0
-    for new_i, ri in enumerate(kept):
-        for c in records[ri].captions:
-            if c and c.strip():
-                captions.append(c)
-                owner.append(new_i)
-            else:
-                empty += 1
+    kept = encode_decodable_images(records, source, encode, batch_size, progress)
+    captions, owner, empty = captions_of(records, kept)
     if not kept or not captions:
         raise ValueError("nothing to evaluate: no decodable image with a non-empty caption")
     tokens, mask = tokenizer(captions)  # one call: every caption padded to the same width

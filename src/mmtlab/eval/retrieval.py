@@ -73,6 +73,42 @@ class Embedded:
     empty_captions: int
 
 
+def encode_decodable_images(records: Sequence, source, encode, batch_size: int, progress: bool) -> list[int]:
+    """Call `encode(batch)` on the stacked inputs of every record whose image decodes (in batches
+    of `batch_size`); returns those records' indices. Undecodable images are counted by `source`."""
+    kept, pending = [], []
+
+    def flush():
+        if pending:
+            encode(source.stack(pending))
+            pending.clear()
+
+    for ri in track(range(len(records)), "encoding images", enabled=progress):
+        item = source.get(ri)
+        if item is None:
+            continue
+        kept.append(ri)
+        pending.append(item)
+        if len(pending) == batch_size:
+            flush()
+    flush()
+    return kept
+
+
+def captions_of(records: Sequence, kept: list[int]) -> tuple[list[str], list[int], int]:
+    """The non-empty captions of the kept records, the position in `kept` of each one's image, and
+    how many empty captions were skipped."""
+    captions, owner, empty = [], [], 0
+    for new_i, ri in enumerate(kept):
+        for c in records[ri].captions:
+            if c and c.strip():
+                captions.append(c)
+                owner.append(new_i)
+            else:
+                empty += 1
+    return captions, owner, empty
+
+
 @torch.no_grad()
 def embed_records(
     model,
@@ -90,31 +126,15 @@ def embed_records(
     """
     model.eval()
     cache = source if source is not None else ImageCache(records, model.cfg.image.size, keep=False)
-    kept: list[int] = []
-    image_embs, pending = [], []
-
-    def flush():
-        if pending:
-            image_embs.append(model.encode_image(cache.stack(pending).to(device)).float().cpu())
-            pending.clear()
-
-    for ri in track(range(len(records)), "encoding images", enabled=progress):
-        img = cache.get(ri)
-        if img is None:
-            continue
-        kept.append(ri)
-        pending.append(img)
-        if len(pending) == batch_size:
-            flush()
-    flush()
-    captions, owner, empty = [], [], 0
-    for new_i, ri in enumerate(kept):
-        for c in records[ri].captions:
-            if c and c.strip():
-                captions.append(c)
-                owner.append(new_i)
-            else:
-                empty += 1
+    image_embs = []
+    kept = encode_decodable_images(
+        records,
+        cache,
+        lambda batch: image_embs.append(model.encode_image(batch.to(device)).float().cpu()),
+        batch_size,
+        progress,
+    )
+    captions, owner, empty = captions_of(records, kept)
     text_embs = []
     for start in track(range(0, len(captions), batch_size), "encoding captions", enabled=progress):
         tokens, mask = tokenizer(captions[start : start + batch_size])
