@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mmtlab.data.pairs import ImageCache
-from mmtlab.objectives.mlm import IGNORE, mask_tokens
+from mmtlab.objectives.mlm import IGNORE, mask_caption_tokens
 from mmtlab.progress import track
 
 
@@ -51,15 +51,7 @@ def evaluate_mlm(
             continue
         tokens, mask = tokenizer([c for _, c in chunk])
         g = torch.Generator().manual_seed(seed * 1_000_003 + b)
-        _, labels = mask_tokens(
-            tokens,
-            mask,
-            special_ids=(t.pad_id, t.cls_id, t.sep_id, t.mask_id),
-            mask_id=t.mask_id,
-            vocab_size=t.vocab_size,
-            prob=prob,
-            generator=g,
-        )
+        _, labels = mask_caption_tokens(tokens, mask, t, prob, g)
         chosen = labels != IGNORE
         inputs = tokens.masked_fill(chosen, t.mask_id).to(device)
         images = cache.stack([im for im, _ in chunk]).to(device)

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmtlab.objectives.masking import block_mask, mask_tokens, span_mask
-from mmtlab.objectives.mlm import IGNORE
+from mmtlab.objectives.masking import block_mask, span_mask
+from mmtlab.objectives.mlm import IGNORE, mask_caption_tokens
 
 
 @dataclass
@@ -121,15 +121,7 @@ def modality_pass(model, m: str, batch, generator: torch.Generator) -> ModalityP
     if m == "text":
         t = model.cfg.text
         tokens_r, mask_r = rep(tokens), rep(text_mask)
-        inputs, labels = mask_tokens(
-            tokens_r,
-            mask_r,
-            special_ids=(t.pad_id, t.cls_id, t.sep_id, t.mask_id),
-            mask_id=t.mask_id,
-            vocab_size=t.vocab_size,
-            prob=mc.mask_prob,
-            generator=generator,
-        )
+        inputs, labels = mask_caption_tokens(tokens_r, mask_r, t, mc.mask_prob, generator)
         hide = labels != IGNORE
         # data2vec: the student reads [MASK] / random / unchanged tokens; data2vec 2.0 drops them.
         student_local = model.local(m, tokens_r if cfg.efficient else inputs)

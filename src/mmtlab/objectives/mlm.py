@@ -37,6 +37,22 @@ def mask_tokens(
     return inputs, labels
 
 
+def mask_caption_tokens(
+    tokens: Tensor, text_mask: Tensor, text_cfg, prob: float = 0.15, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """`mask_tokens` with the special ids, [MASK] id and vocabulary of a model's text config."""
+    t = text_cfg
+    return mask_tokens(
+        tokens,
+        text_mask,
+        special_ids=(t.pad_id, t.cls_id, t.sep_id, t.mask_id),
+        mask_id=t.mask_id,
+        vocab_size=t.vocab_size,
+        prob=prob,
+        generator=generator,
+    )
+
+
 def mlm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean cross-entropy (nats) over labelled positions; `logits` [..., V] aligned with `labels`."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE)
