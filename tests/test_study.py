@@ -14,7 +14,7 @@ def test_mean_ci95_matches_t_formula():
     mean, ci = mean_ci95([1.0, 2.0, 3.0])
     assert mean == 2.0
     assert ci == pytest.approx(4.303 * 1.0 / math.sqrt(3))
-    assert mean_ci95([5.0]) == (5.0, 0.0)
+    assert mean_ci95([5.0]) == (5.0, None)  # one seed: no interval, not a zero-width one
 
 
 def write_study(tmp_path, data, **extra):
@@ -58,7 +58,7 @@ def test_study_runs_resumes_and_aggregates(tmp_path, tiny_data):
     run_study(path, tmp_path / "out")  # finished runs are skipped, not retrained
     assert (out / "runs" / "dual__low" / "seed_0" / "study_run.json").stat().st_mtime_ns == first
     assert "± " in (out / "results.md").read_text()
-    assert "<img src=\"data:image/png;base64," in write_study_report(out).read_text()
+    assert '<img src="data:image/png;base64,' in write_study_report(out).read_text()
 
 
 def test_bad_cell_is_reported_before_anything_runs(tmp_path, tiny_data):

@@ -14,13 +14,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from mmtlab.io import atomic_write_text  # noqa: E402
+from mmtlab.study.runner import format_mean_ci  # noqa: E402
 
 
 def _bar_chart(result: dict, metric: str) -> str:
     rows = [r for r in result["rows"] if metric in r["metrics"]]
     names = [r["name"] for r in rows]
     means = [r["metrics"][metric]["mean"] for r in rows]
-    cis = [r["metrics"][metric]["ci95"] for r in rows]
+    cis = [r["metrics"][metric]["ci95"] or 0.0 for r in rows]  # one seed: no error bar
     fig, ax = plt.subplots(figsize=(7, 0.42 * len(rows) + 1.2))
     y = range(len(rows))
     ax.barh(list(y), means, xerr=cis, color="#4575b4", ecolor="#333333", capsize=3)
@@ -49,7 +50,7 @@ def write_study_report(study_dir: str | Path) -> Path:
         cells = [html.escape(r["cell"].get(a, "")) for a in axes] + [str(r["seeds"])]
         for m in metrics:
             v = r["metrics"].get(m)
-            cells.append(f"{v['mean']:.2f} ± {v['ci95']:.2f}" if v else "–")
+            cells.append(format_mean_ci(v, 2))
         body += "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>\n"
     charts = "".join(
         f'<h3>{html.escape(m)}</h3><img src="data:image/png;base64,{_bar_chart(result, m)}">' for m in metrics

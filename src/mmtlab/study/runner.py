@@ -53,12 +53,13 @@ T95 = [
 ]
 
 
-def mean_ci95(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% confidence interval (t distribution); 0 width for n = 1."""
+def mean_ci95(values: list[float]) -> tuple[float, float | None]:
+    """Mean and the half-width of its 95% confidence interval (t distribution); None for n = 1
+    (one seed has no interval, and a printed "± 0.0" would claim one)."""
     n = len(values)
     mean = statistics.fmean(values)
     if n < 2:
-        return mean, 0.0
+        return mean, None
     t = T95[n - 2] if n - 1 <= len(T95) else 1.96
     return mean, t * statistics.stdev(values) / math.sqrt(n)
 
@@ -153,6 +154,15 @@ def _short(metric: str) -> str:
     return metric.split(".", 1)[1]
 
 
+def format_mean_ci(v: dict | None, digits: int = 1) -> str:
+    """The mean ± CI of an aggregated metric; just the mean for one seed; "–" when missing."""
+    if not v:
+        return "–"
+    if v["ci95"] is None:
+        return f"{v['mean']:.{digits}f}"
+    return f"{v['mean']:.{digits}f} ± {v['ci95']:.{digits}f}"
+
+
 def results_markdown(result: dict) -> str:
     axes, metrics = result["axes"], result["metrics"]
     head = "| " + " | ".join([*axes, "seeds", *map(_short, metrics)]) + " |\n"
@@ -162,7 +172,7 @@ def results_markdown(result: dict) -> str:
         cells = [r["cell"].get(a, "") for a in axes] + [str(r["seeds"])]
         for m in metrics:
             v = r["metrics"].get(m)
-            cells.append(f"{v['mean']:.1f} ± {v['ci95']:.1f}" if v else "–")
+            cells.append(format_mean_ci(v))
         body += "| " + " | ".join(cells) + " |\n"
     return f"# Study {result['study']}\n\nmean ± 95% CI over seeds\n\n" + head + body
 
@@ -177,6 +187,6 @@ def print_results(result: dict, console: Console) -> None:
     for m in result["metrics"]:
         table.add_column(_short(m), justify="right")
     for r in result["rows"]:
-        vals = [f"{v['mean']:.1f} ± {v['ci95']:.1f}" if (v := r["metrics"].get(m)) else "–" for m in result["metrics"]]
+        vals = [format_mean_ci(r["metrics"].get(m)) for m in result["metrics"]]
         table.add_row(*[r["cell"].get(a, "") for a in result["axes"]], str(r["seeds"]), *vals)
     console.print(table)
