@@ -167,3 +167,37 @@ def test_region_set_subset_and_save_load(tiny_data, tmp_path):
     rs.save(tmp_path / "x.safetensors")
     back = RegionSet.load(tmp_path / "x.safetensors")
     assert back.key == rs.key and torch.equal(back.valid, rs.valid) and back.valid.dtype == torch.bool
+
+
+def test_training_batches_of_regions_belong_to_their_pairs_images(tiny_data, tmp_path):
+    """Through the shuffled sampler, the region cache and the collator, pair k's regions are those
+    of the image its caption describes: equal to the features extracted from that image file on
+    its own, with gold sprites among that record's labels. A misaligned cache would leave MLM
+    learning while ITM and retrieval sit at chance, the symptom of issue 4b."""
+    from conftest import tiny_run_config
+
+    from mmtlab.config import load_config
+    from mmtlab.data.loader import training_batches, training_dataset
+    from mmtlab.data.tokenizer import TextTokenizer, train_wordpiece
+
+    raw = tiny_run_config(tiny_data)
+    raw["model"]["image"] = {"input": "regions"}
+    raw["data"]["regions"] = {"cache_dir": str(tmp_path / "cache")}
+    cfg = load_config(raw)
+    pairs = training_dataset(cfg)
+    tok = TextTokenizer(train_wordpiece(pairs.captions(), 300), cfg.model.text.max_len)
+    batches = training_batches(pairs, cfg, tok)
+    detector = load_detector()
+    for _ in range(2):
+        b = next(batches)
+        assert not torch.equal(b.image_index, b.image_index.sort().values), "the sampler shuffles"
+        for k in range(len(b)):
+            rec = pairs.records[int(b.image_index[k])]
+            alone = regions_mod.extract_regions([rec], detector, b.images.features.shape[1], progress=False)
+            torch.testing.assert_close(b.images.features[k], alone.features[0])
+            torch.testing.assert_close(b.images.boxes[k], alone.boxes[0])
+            gold = b.images.gold[k]
+            assert set(gold[gold >= 0].tolist()) <= set(rec.labels)
+            want, _ = tok([c for c in rec.captions if c.strip()])
+            n = int(b.text_mask[k].sum())
+            assert any(torch.equal(b.tokens[k, :n], w[w != tok.pad_id]) for w in want)
