@@ -31,7 +31,7 @@ import mmtlab
 from mmtlab.config import CONFIG_DIR, load_config
 from mmtlab.data.loader import image_source
 from mmtlab.data.sources import load_split
-from mmtlab.eval.cross import encode_unpaired_records, exhaustive_scores, rerank_scores
+from mmtlab.eval.cross import PAIR_CHUNK, encode_unpaired_records, exhaustive_scores, rerank_scores
 from mmtlab.eval.retrieval import embed_records, recall_at_k
 from mmtlab.train.checkpoint import latest_checkpoint
 from mmtlab.train.loop import train
@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=128, help="rerank shortlist size")
     ap.add_argument("--naive-pairs", type=int, default=2000, help="pairs timed in the naive per-pair loop")
     ap.add_argument("--volta-captions", type=int, default=20, help="captions timed in the per-caption batched loop")
-    ap.add_argument("--chunk", type=int, default=2048, help="pairs per batched forward")
+    ap.add_argument("--chunk", type=int, default=PAIR_CHUNK, help="pairs per batched forward")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:

@@ -25,6 +25,10 @@ from mmtlab.data.pairs import ImageCache
 from mmtlab.eval.retrieval import captions_of, chance_recall, encode_decodable_images, recall_at_k
 from mmtlab.progress import track
 
+# Pairs per joint forward. Small models on CPU are compute-bound and fastest with batches that
+# stay in cache: 256 scored 1.4x faster than 2048 (merged width-64 region model, one thread).
+PAIR_CHUNK = 256
+
 
 @dataclass
 class Unpaired:
@@ -94,20 +98,24 @@ def encode_unpaired_records(
 
 
 @torch.no_grad()
-def score_pairs(model, un: Unpaired, pairs: Tensor, *, chunk: int = 2048, progress: bool = True) -> Tensor:
+def score_pairs(model, un: Unpaired, pairs: Tensor, *, chunk: int = PAIR_CHUNK, progress: bool = True) -> Tensor:
     """ITM logits of `pairs` [P, 2] (image, text) rows, in the given order.
 
-    Pairs are processed in a canonical order (caption length, caption, image) so each batch holds
-    captions of similar length (little padding) and the result depends only on the set of pairs.
+    Pairs are processed in a canonical order (caption length, caption, image), and a batch never
+    mixes caption lengths: no text padding, so attention runs without a key mask (SDPA's fast path
+    on CPU; a masked batch was slower than a per-caption loop). The result depends only on the set
+    of pairs.
     """
     if pairs.numel() == 0:
         return torch.zeros(0)
     img, txt = pairs[:, 0], pairs[:, 1]
     order = _canonical_order(img, txt, un.text_lengths, un.n_images, un.n_texts)
+    lengths = un.text_lengths[txt[order]]
+    edges = [0, *(torch.nonzero(lengths[1:] != lengths[:-1]).flatten() + 1).tolist(), len(order)]
+    batches = [(s, min(s + chunk, end)) for begin, end in zip(edges[:-1], edges[1:]) for s in range(begin, end, chunk)]
     out = torch.empty(len(pairs))
-    starts = range(0, len(pairs), chunk)
-    for s in track(starts, f"scoring {len(pairs):,} pairs", enabled=progress):
-        sel = order[s : s + chunk]
+    for s, e in track(batches, f"scoring {len(pairs):,} pairs", enabled=progress):
+        sel = order[s:e]
         out[sel] = model.pair_logits(un.text, un.image, txt[sel], img[sel]).float()
     return out
 
@@ -122,7 +130,7 @@ def all_pairs(n_images: int, n_texts: int) -> Tensor:
     return torch.stack([i.flatten(), j.flatten()], dim=1)
 
 
-def exhaustive_scores(model, un: Unpaired, *, chunk: int = 2048, progress: bool = True) -> Tensor:
+def exhaustive_scores(model, un: Unpaired, *, chunk: int = PAIR_CHUNK, progress: bool = True) -> Tensor:
     """[n_images, n_texts] ITM logits of every pair."""
     logits = score_pairs(model, un, all_pairs(un.n_images, un.n_texts), chunk=chunk, progress=progress)
     return logits.view(un.n_images, un.n_texts)
@@ -137,7 +145,7 @@ class Reranked:
 
 
 def rerank_scores(
-    model, un: Unpaired, shortlist_scores: Tensor, k: int, *, chunk: int = 2048, progress: bool = True
+    model, un: Unpaired, shortlist_scores: Tensor, k: int, *, chunk: int = PAIR_CHUNK, progress: bool = True
 ) -> Reranked:
     """Cross-encoder scores for each caption's top-k images and each image's top-k captions under
     `shortlist_scores` [n_images, n_texts] (a dual encoder's similarities)."""
@@ -173,7 +181,7 @@ def cross_metrics(
     k: int = 128,
     shortlist_scores: Tensor | None = None,
     ks: Sequence[int] = (1, 5, 10),
-    chunk: int = 2048,
+    chunk: int = PAIR_CHUNK,
     progress: bool = True,
 ) -> dict:
     """Recall@K of the cross-encoder, exhaustive (`cross`) or reranking a shortlist (`rerank`)."""
