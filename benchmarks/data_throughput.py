@@ -59,8 +59,9 @@ def bench_build(root: Path, size: int) -> tuple[dict, Path]:
     for workers in (1, 2):
         path = root / f"w{workers}"
         t = time.perf_counter()
-        build_emoji_scenes(path, size=size, eval_size=eval_size, heldout_size=heldout, shard_size=1000,
-                           progress=False, workers=workers)
+        build_emoji_scenes(
+            path, size=size, eval_size=eval_size, heldout_size=heldout, shard_size=1000, progress=False, workers=workers
+        )
         out[f"build_{workers}_workers"] = rate(total, time.perf_counter() - t)
     out["dataset_bytes"] = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return out, path
@@ -85,8 +86,11 @@ def bench_readers(path: Path) -> dict:
     wds["skipped"] = stats.skipped
     t = time.perf_counter()
     n = sum(1 for _ in iter_shards(sorted(str(p) for p in (path / "shards").glob("*.tar")), decode=False))
-    return {"karpathy_read_and_decode": karpathy, "webdataset_read_and_decode": wds,
-            "webdataset_read_no_decode": rate(n, time.perf_counter() - t)}
+    return {
+        "karpathy_read_and_decode": karpathy,
+        "webdataset_read_and_decode": wds,
+        "webdataset_read_no_decode": rate(n, time.perf_counter() - t),
+    }
 
 
 def main() -> None:
@@ -99,8 +103,13 @@ def main() -> None:
     atlas = SpriteAtlas.load()
     generate_scene(0, "bench", 0, atlas=atlas)  # warm caches (atlas decode) outside the timings
     result: dict = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-                    "pillow": PIL.__version__, "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "pillow": PIL.__version__,
+            "platform": platform.platform(),
+        },
         "generator": bench_generator(args.scenes, atlas),
     }
     with tempfile.TemporaryDirectory() as tmp:

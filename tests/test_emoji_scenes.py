@@ -44,12 +44,22 @@ def karpathy(out: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ atlas
 
+
 def test_atlas_metadata(atlas):
     assert 1400 <= len(atlas) <= 1700
     assert len(atlas.names) == len(atlas.keywords) == len(atlas.categories) == len(atlas)
     assert "grinning face" in atlas.names and "red apple" in atlas.names
-    assert set(atlas.categories) >= {"smileys", "people", "animals", "plants", "food", "travel", "objects",
-                                     "symbols", "activities"}
+    assert set(atlas.categories) >= {
+        "smileys",
+        "people",
+        "animals",
+        "plants",
+        "food",
+        "travel",
+        "objects",
+        "symbols",
+        "activities",
+    }
     assert set(atlas.colors) <= set(COLORS)
     i = atlas.names.index("red apple")
     assert atlas.categories[i] == "food" and atlas.colors[i] == "red" and "fruit" in atlas.keywords[i]
@@ -71,6 +81,7 @@ def test_heldout_is_deterministic_and_stratified(atlas):
 
 
 # ------------------------------------------------------------------------------------- generator
+
 
 def test_scene_is_a_pure_function_of_seed_split_index(atlas):
     a = generate_scene(3, "val", 7, atlas=atlas)
@@ -100,7 +111,7 @@ def test_boxes_tightly_bound_each_sprites_visible_pixels(atlas, image_size):
             x, y = s.xy
             sx, sy = max(0, -x), max(0, -y)
             ex, ey = min(s.side, image_size - x), min(s.side, image_size - y)
-            canvas[y + sy:y + ey, x + sx:x + ex] = mask[sy:ey, sx:ex]
+            canvas[y + sy : y + ey, x + sx : x + ex] = mask[sy:ey, sx:ex]
             rows, cols = np.flatnonzero(canvas.any(1)), np.flatnonzero(canvas.any(0))
             assert (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1) == s.box
             assert s.visible >= 0.5
@@ -140,6 +151,7 @@ def test_repeats_and_backgrounds_vary(atlas):
 
 # -------------------------------------------------------------------------------------- captions
 
+
 def _mentions_sprite(text: str, words) -> bool:
     t = text.lower()
     terms = {words.name.lower(), *words.keywords, *words.nouns}
@@ -157,7 +169,7 @@ def test_grounding_spans_boxes_and_counts(atlas, style):
             assert cap.phrases, cap.text
             last_end = 0
             for p in cap.phrases:
-                assert cap.text[p.start:p.end] == p.text
+                assert cap.text[p.start : p.end] == p.text
                 assert p.start >= last_end  # ordered, non-overlapping
                 last_end = p.end
                 assert list(p.box_indices) == instances[p.sprite_id]  # every instance, valid indices
@@ -188,15 +200,21 @@ def test_styles_look_different(atlas):
     narrative = caption_scene(scene, "narrative", n=3, atlas=atlas)
     assert all(re.match(r"(uh )?(in this|this image|here)", c.text) for c in narrative)
     assert all(c.text == c.text.lower() for c in narrative)
-    alt = [caption_scene(generate_scene(0, "val", i, atlas=atlas), "alt_text", atlas=atlas)[0].text
-           for i in range(40)]
+    alt = [caption_scene(generate_scene(0, "val", i, atlas=atlas), "alt_text", atlas=atlas)[0].text for i in range(40)]
     fillers = ("stock photo", "vector", "clipart", "wallpaper", "icon", "download", "cute", "png", "emoji")
     assert sum(any(f in t.lower() for f in fillers) for t in alt) >= 20
 
 
 def test_english_helpers():
     assert [article(w) for w in ("apple", "cat", "hourglass", "unicorn", "ATM sign", "UFO", "8-ball")] == [
-        "an", "a", "an", "a", "an", "a", "an"]
+        "an",
+        "a",
+        "an",
+        "a",
+        "an",
+        "a",
+        "an",
+    ]
     assert pluralize("red apple") == "red apples"
     assert pluralize("face with tears of joy") == "faces with tears of joy"
     assert pluralize("person lifting weights") == "people lifting weights"
@@ -210,15 +228,23 @@ def test_english_helpers():
 
 # ----------------------------------------------------------------------------------------- build
 
+
 def test_build_layout_and_counts(built):
     meta = json.loads((built / "meta.json").read_text())
     assert meta["format_version"] == build_module.FORMAT_VERSION
     assert {s: c["images"] for s, c in meta["counts"].items() if s in build_module.SPLITS} == {
-        "pretrain": 40, "val": 20, "test": 20, "heldout": 20}
+        "pretrain": 40,
+        "val": 20,
+        "test": 20,
+        "heldout": 20,
+    }
     assert (built / "preview.png").stat().st_size > 0
     assert len(list((built / "images" / "val").glob("val_*.png"))) == 20
     assert sorted(p.name for p in (built / "shards").glob("pretrain-*.tar")) == [
-        "pretrain-000000.tar", "pretrain-000001.tar", "pretrain-000002.tar"]
+        "pretrain-000000.tar",
+        "pretrain-000001.tar",
+        "pretrain-000002.tar",
+    ]
     images = karpathy(built)
     by_split = Counter(im["split"] for im in images)
     assert by_split == {"pretrain": 40, "val": 20, "test": 20, "heldout": 20}

@@ -31,6 +31,7 @@ def png_bytes(color=(200, 30, 30)) -> bytes:
 
 # -------------------------------------------------------------------------------------- Karpathy
 
+
 def test_reads_exported_karpathy_json(built):
     records = read_karpathy(built / "dataset_emoji_scenes.json")
     assert len(records) == 90 and all(isinstance(r, ImageRecord) for r in records)
@@ -44,19 +45,39 @@ def test_reads_exported_karpathy_json(built):
     assert r.extra["styles"] == ["descriptive"] * 5 and r.extra["noisy"] is False
     for caption, phrases in zip(r.captions, r.phrases):
         for p in phrases:
-            assert caption[p["start"]:p["end"]] == p["text"]
+            assert caption[p["start"] : p["end"]] == p["text"]
     with Image.open(r.path) as im:
         assert im.size == (64, 64)
 
 
 def test_reads_flickr_and_coco_style_files(tmp_path):
-    flickr = {"dataset": "flickr30k", "images": [
-        {"filename": "1000092795.jpg", "imgid": 0, "split": "test", "sentids": [0, 1],
-         "sentences": [{"raw": "Two young guys with shaggy hair look at their hands.",
-                        "tokens": ["two", "young", "guys"], "imgid": 0, "sentid": 0},
-                       {"tokens": ["a", "dog", "runs"], "imgid": 0, "sentid": 1}]},
-        {"filename": "10002456.jpg", "imgid": 1, "split": "train", "sentids": [2],
-         "sentences": [{"raw": "Several men in hard hats.", "imgid": 1, "sentid": 2}]}]}
+    flickr = {
+        "dataset": "flickr30k",
+        "images": [
+            {
+                "filename": "1000092795.jpg",
+                "imgid": 0,
+                "split": "test",
+                "sentids": [0, 1],
+                "sentences": [
+                    {
+                        "raw": "Two young guys with shaggy hair look at their hands.",
+                        "tokens": ["two", "young", "guys"],
+                        "imgid": 0,
+                        "sentid": 0,
+                    },
+                    {"tokens": ["a", "dog", "runs"], "imgid": 0, "sentid": 1},
+                ],
+            },
+            {
+                "filename": "10002456.jpg",
+                "imgid": 1,
+                "split": "train",
+                "sentids": [2],
+                "sentences": [{"raw": "Several men in hard hats.", "imgid": 1, "sentid": 2}],
+            },
+        ],
+    }
     path = tmp_path / "dataset_flickr30k.json"
     path.write_text(json.dumps(flickr))
     recs = read_karpathy(path, image_root=tmp_path / "flickr30k-images", split="test")
@@ -65,11 +86,29 @@ def test_reads_flickr_and_coco_style_files(tmp_path):
     assert recs[0].captions == ["Two young guys with shaggy hair look at their hands.", "a dog runs"]
     assert recs[0].boxes is None and recs[0].labels is None and recs[0].phrases is None
 
-    coco = {"dataset": "coco", "images": [
-        {"filepath": "val2014", "filename": "COCO_val2014_000000391895.jpg", "imgid": 0, "split": "restval",
-         "cocoid": 391895, "sentids": [0], "sentences": [{"raw": "A man riding a bike.", "sentid": 0}]},
-        {"filepath": "train2014", "filename": "COCO_train2014_000000057870.jpg", "imgid": 1, "split": "train",
-         "cocoid": 57870, "sentids": [1], "sentences": [{"raw": "A restaurant.", "sentid": 1}]}]}
+    coco = {
+        "dataset": "coco",
+        "images": [
+            {
+                "filepath": "val2014",
+                "filename": "COCO_val2014_000000391895.jpg",
+                "imgid": 0,
+                "split": "restval",
+                "cocoid": 391895,
+                "sentids": [0],
+                "sentences": [{"raw": "A man riding a bike.", "sentid": 0}],
+            },
+            {
+                "filepath": "train2014",
+                "filename": "COCO_train2014_000000057870.jpg",
+                "imgid": 1,
+                "split": "train",
+                "cocoid": 57870,
+                "sentids": [1],
+                "sentences": [{"raw": "A restaurant.", "sentid": 1}],
+            },
+        ],
+    }
     path = tmp_path / "dataset_coco.json"
     path.write_text(json.dumps(coco))
     recs = read_karpathy(path, image_root="/data/coco", split=["train", "restval"])
@@ -78,14 +117,17 @@ def test_reads_flickr_and_coco_style_files(tmp_path):
     assert recs[0].extra["cocoid"] == 391895
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"images": [', "not valid JSON"),
-    ('[1, 2]', "'images' list"),
-    ('{"images": [{"split": "val", "sentences": []}]}', "missing field 'filename'"),
-    ('{"images": [{"filename": "a.jpg", "split": "val", "sentences": [{"imgid": 0}]}]}', "'raw'"),
-    ('{"images": [{"filename": "a.jpg", "split": "val", "sentences": "x"}]}', "'sentences' must be list"),
-    ('{"images": [{"filename": "a.jpg", "split": "val", "sentences": []}]}', "no images in split"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"images": [', "not valid JSON"),
+        ("[1, 2]", "'images' list"),
+        ('{"images": [{"split": "val", "sentences": []}]}', "missing field 'filename'"),
+        ('{"images": [{"filename": "a.jpg", "split": "val", "sentences": [{"imgid": 0}]}]}', "'raw'"),
+        ('{"images": [{"filename": "a.jpg", "split": "val", "sentences": "x"}]}', "'sentences' must be list"),
+        ('{"images": [{"filename": "a.jpg", "split": "val", "sentences": []}]}', "no images in split"),
+    ],
+)
 def test_malformed_karpathy_json_names_file_and_field(tmp_path, content, message):
     path = tmp_path / "broken.json"
     path.write_text(content)
@@ -96,9 +138,19 @@ def test_malformed_karpathy_json_names_file_and_field(tmp_path, content, message
 
 def test_write_karpathy_numbers_images_and_sentences(tmp_path):
     path = tmp_path / "k.json"
-    counts = write_karpathy(path, [
-        {"filename": "a.png", "split": "val", "captions": ["A cat.", "Two dogs, barking!"], "boxes": [[0, 0, 1, 1]]},
-        {"filename": "b.png", "filepath": "imgs", "split": "test", "captions": ["o’clock"]}], dataset="toy")
+    counts = write_karpathy(
+        path,
+        [
+            {
+                "filename": "a.png",
+                "split": "val",
+                "captions": ["A cat.", "Two dogs, barking!"],
+                "boxes": [[0, 0, 1, 1]],
+            },
+            {"filename": "b.png", "filepath": "imgs", "split": "test", "captions": ["o’clock"]},
+        ],
+        dataset="toy",
+    )
     assert counts == {"images": 2, "sentences": 3}
     data = json.loads(path.read_text())
     assert data["images"][1]["sentids"] == [2] and data["images"][0]["boxes"] == [[0, 0, 1, 1]]
@@ -108,6 +160,7 @@ def test_write_karpathy_numbers_images_and_sentences(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ WebDataset
+
 
 def test_reads_exported_shards_like_the_json(built):
     stats = ShardStats()

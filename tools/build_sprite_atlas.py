@@ -77,17 +77,41 @@ ORDER_ANCHORS: list[tuple[str, str | None]] = [
 
 # CLDR 41 lists the Emoji 14.0 additions in one block before the ordered run; their Unicode groups:
 EMOJI_14_CATEGORIES: dict[str, str] = {
-    "\U0001f979": "smileys", "\U0001fae0": "smileys", "\U0001fae1": "smileys", "\U0001fae2": "smileys",
-    "\U0001fae3": "smileys", "\U0001fae4": "smileys", "\U0001fae5": "smileys",
-    "\U0001f9cc": "people", "\U0001fac3": "people", "\U0001fac4": "people", "\U0001fac5": "people",
-    "\U0001fae6": "people", "\U0001faf0": "people", "\U0001faf1": "people", "\U0001faf2": "people",
-    "\U0001faf3": "people", "\U0001faf4": "people", "\U0001faf5": "people", "\U0001faf6": "people",
+    "\U0001f979": "smileys",
+    "\U0001fae0": "smileys",
+    "\U0001fae1": "smileys",
+    "\U0001fae2": "smileys",
+    "\U0001fae3": "smileys",
+    "\U0001fae4": "smileys",
+    "\U0001fae5": "smileys",
+    "\U0001f9cc": "people",
+    "\U0001fac3": "people",
+    "\U0001fac4": "people",
+    "\U0001fac5": "people",
+    "\U0001fae6": "people",
+    "\U0001faf0": "people",
+    "\U0001faf1": "people",
+    "\U0001faf2": "people",
+    "\U0001faf3": "people",
+    "\U0001faf4": "people",
+    "\U0001faf5": "people",
+    "\U0001faf6": "people",
     "\U0001fab8": "animals",  # coral
-    "\U0001fab7": "plants", "\U0001fab9": "plants", "\U0001faba": "plants",  # lotus, nests
-    "\U0001fad7": "food", "\U0001fad8": "food", "\U0001fad9": "food",  # pouring liquid, beans, jar
-    "\U0001f6dd": "travel", "\U0001f6de": "travel", "\U0001f6df": "travel",  # slide, wheel, ring buoy
-    "\U0001faa9": "activities", "\U0001faac": "activities",  # mirror ball, hamsa (next to nazar amulet)
-    "\U0001fa7b": "objects", "\U0001fa7c": "objects", "\U0001faaa": "objects", "\U0001faab": "objects",
+    "\U0001fab7": "plants",
+    "\U0001fab9": "plants",
+    "\U0001faba": "plants",  # lotus, nests
+    "\U0001fad7": "food",
+    "\U0001fad8": "food",
+    "\U0001fad9": "food",  # pouring liquid, beans, jar
+    "\U0001f6dd": "travel",
+    "\U0001f6de": "travel",
+    "\U0001f6df": "travel",  # slide, wheel, ring buoy
+    "\U0001faa9": "activities",
+    "\U0001faac": "activities",  # mirror ball, hamsa (next to nazar amulet)
+    "\U0001fa7b": "objects",
+    "\U0001fa7c": "objects",
+    "\U0001faaa": "objects",
+    "\U0001faab": "objects",
     "\U0001fae7": "objects",  # x-ray, crutch, ID card, low battery, bubbles
     "\U0001f7f0": "symbols",  # heavy equals sign
 }
@@ -107,8 +131,7 @@ def ensure_debian_packages() -> None:
     sudo: list[str] = []
     if os.geteuid() != 0:
         if shutil.which("sudo") is None:
-            sys.exit(f"missing {FONT_PATH} or {CLDR_PATH}; as root run: "
-                     f"apt-get install -y {' '.join(DEBIAN_PACKAGES)}")
+            sys.exit(f"missing {FONT_PATH} or {CLDR_PATH}; as root run: apt-get install -y {' '.join(DEBIAN_PACKAGES)}")
         sudo = ["sudo"]
     print("installing", " ".join(DEBIAN_PACKAGES), file=sys.stderr)
     subprocess.run([*sudo, "apt-get", "update"], check=True)
@@ -226,16 +249,18 @@ def build(out: Path, size: int) -> dict:
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
         sprite = to_sprite(glyph, size)
-        sprites.append({
-            "id": len(sprites),
-            "char": ann.char,
-            "codepoints": [f"{ord(c):04X}" for c in ann.char],
-            "name": ann.name,
-            "keywords": ann.keywords,
-            "category": ann.category,
-            "color": dominant_color(sprite),
-            "unicode_name": " + ".join(unicodedata.name(c, "?") for c in ann.char),
-        })
+        sprites.append(
+            {
+                "id": len(sprites),
+                "char": ann.char,
+                "codepoints": [f"{ord(c):04X}" for c in ann.char],
+                "name": ann.name,
+                "keywords": ann.keywords,
+                "category": ann.category,
+                "color": dominant_color(sprite),
+                "unicode_name": " + ".join(unicodedata.name(c, "?") for c in ann.char),
+            }
+        )
         images.append(sprite)
 
     rows = -(-len(images) // COLUMNS)
@@ -265,8 +290,12 @@ def build(out: Path, size: int) -> dict:
     text = json.dumps(head, ensure_ascii=False, indent=1)[:-2] + ',\n "sprites": [\n  '
     text += ",\n  ".join(lines) + "\n ]\n}\n"
     (out / "sprites.json").write_text(text, encoding="utf-8")
-    return {"rendered": len(sprites), "skipped": skipped, "atlas_bytes": (out / "atlas.png").stat().st_size,
-            "json_bytes": (out / "sprites.json").stat().st_size}
+    return {
+        "rendered": len(sprites),
+        "skipped": skipped,
+        "atlas_bytes": (out / "atlas.png").stat().st_size,
+        "json_bytes": (out / "sprites.json").stat().st_size,
+    }
 
 
 def main() -> None:

@@ -109,12 +109,18 @@ def write_run_report(run_dir: str | Path) -> Path:
         path = run_dir / "eval" / f"retrieval_{mode}.json"
         if path.exists():
             r = json.loads(path.read_text())
-            lines += [f"## Zero-shot retrieval, {what}, on `{r.get('split', '?')}` ({r['n_images']} images, "
-                      f"{r['n_texts']} captions, {r['pairs_scored']:,} pairs scored)", "", retrieval_table(r)]
+            lines += [
+                f"## Zero-shot retrieval, {what}, on `{r.get('split', '?')}` ({r['n_images']} images, "
+                f"{r['n_texts']} captions, {r['pairs_scored']:,} pairs scored)",
+                "",
+                retrieval_table(r),
+            ]
             if mode == "rerank":
                 c = r["shortlist_ceiling"]
-                lines += [f"Shortlist of {r['k']} per query; recall ceiling i2t {c['i2t']:.1f}%, "
-                          f"t2i {c['t2i']:.1f}%.", ""]
+                lines += [
+                    f"Shortlist of {r['k']} per query; recall ceiling i2t {c['i2t']:.1f}%, t2i {c['t2i']:.1f}%.",
+                    "",
+                ]
     mlm = run_dir / "eval" / "mlm.json"
     if mlm.exists():
         r = json.loads(mlm.read_text())

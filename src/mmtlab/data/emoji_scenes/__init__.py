@@ -20,6 +20,14 @@ from .scenes import Background, PlacedSprite, Scene, generate_scene
 from .sprites import SpriteAtlas
 
 __all__ = [
-    "STYLES", "Background", "Caption", "Phrase", "PlacedSprite", "Scene", "SpriteAtlas",
-    "build_emoji_scenes", "caption_scene", "generate_scene",
+    "STYLES",
+    "Background",
+    "Caption",
+    "Phrase",
+    "PlacedSprite",
+    "Scene",
+    "SpriteAtlas",
+    "build_emoji_scenes",
+    "caption_scene",
+    "generate_scene",
 ]

@@ -91,10 +91,18 @@ def build_emoji_scenes(
     order = atlas.basic_order(exclude=heldout)
     vocab = tuple(sorted(order[:num_sprites] if num_sprites else order))
     params = {
-        "size": size, "seed": seed, "image_size": image_size, "noise": noise,
-        "pretrain_styles": {k: float(v) for k, v in sorted(styles.items())}, "num_sprites": num_sprites,
-        "eval_size": eval_size, "heldout_size": heldout_size, "shard_size": shard_size,
-        "heldout_fraction": HELDOUT_FRACTION, "heldout_seed": HELDOUT_SEED, "atlas_sha256": atlas.digest,
+        "size": size,
+        "seed": seed,
+        "image_size": image_size,
+        "noise": noise,
+        "pretrain_styles": {k: float(v) for k, v in sorted(styles.items())},
+        "num_sprites": num_sprites,
+        "eval_size": eval_size,
+        "heldout_size": heldout_size,
+        "shard_size": shard_size,
+        "heldout_fraction": HELDOUT_FRACTION,
+        "heldout_seed": HELDOUT_SEED,
+        "atlas_sha256": atlas.digest,
     }
     existing = _existing_build(out_dir, params)
     if existing is not None:
@@ -107,14 +115,28 @@ def build_emoji_scenes(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
     started = time.perf_counter()
     try:
-        counts = _write_dataset(tmp, atlas, _Config(seed, image_size, vocab, heldout), params, styles,
-                                workers or min(2, os.cpu_count() or 1), progress)
+        counts = _write_dataset(
+            tmp,
+            atlas,
+            _Config(seed, image_size, vocab, heldout),
+            params,
+            styles,
+            workers or min(2, os.cpu_count() or 1),
+            progress,
+        )
         meta = {
-            "dataset": DATASET_NAME, "format_version": FORMAT_VERSION, "params": params, "counts": counts,
+            "dataset": DATASET_NAME,
+            "format_version": FORMAT_VERSION,
+            "params": params,
+            "counts": counts,
             "vocabulary": {"ids": list(vocab), "names": [atlas.names[i] for i in vocab]},
             "heldout_vocabulary": {"ids": list(heldout), "names": [atlas.names[i] for i in heldout]},
-            "files": {"karpathy": KARPATHY_FILE, "images": "images/{split}/{split}_{index:07d}.png",
-                      "shards": "shards/{split}-{shard:06d}.tar", "preview": "preview.png"},
+            "files": {
+                "karpathy": KARPATHY_FILE,
+                "images": "images/{split}/{split}_{index:07d}.png",
+                "shards": "shards/{split}-{shard:06d}.tar",
+                "preview": "preview.png",
+            },
             "build_seconds": round(time.perf_counter() - started, 2),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -128,8 +150,17 @@ def build_emoji_scenes(
 
 # ------------------------------------------------------------------------------------ parameters
 
-def _validate(size: int, noise: float, styles: dict, num_sprites: int | None, eval_size: int,
-              heldout_size: int, shard_size: int, image_size: int) -> None:
+
+def _validate(
+    size: int,
+    noise: float,
+    styles: dict,
+    num_sprites: int | None,
+    eval_size: int,
+    heldout_size: int,
+    shard_size: int,
+    image_size: int,
+) -> None:
     if size < 0 or eval_size < 0 or heldout_size < 0:
         raise ValueError("size, eval_size and heldout_size must be >= 0")
     if not 0.0 <= noise <= 1.0:
@@ -138,8 +169,10 @@ def _validate(size: int, noise: float, styles: dict, num_sprites: int | None, ev
         raise ValueError("noise > 0 needs at least 2 pretrain images")
     unknown = set(styles) - set(STYLES)
     if unknown or not styles or any(w < 0 for w in styles.values()) or sum(styles.values()) <= 0:
-        raise ValueError(f"pretrain_styles must map some of {', '.join(STYLES)} to non-negative weights "
-                         f"with a positive sum, got {styles}")
+        raise ValueError(
+            f"pretrain_styles must map some of {', '.join(STYLES)} to non-negative weights "
+            f"with a positive sum, got {styles}"
+        )
     if num_sprites is not None and num_sprites < 1:
         raise ValueError(f"num_sprites must be >= 1, got {num_sprites}")
     if shard_size < 1:
@@ -158,9 +191,13 @@ def _existing_build(out_dir: Path, params: dict) -> dict | None:
 
 
 def _summary(meta: dict) -> dict:
-    return {"counts": meta["counts"], "params": meta["params"], "build_seconds": meta["build_seconds"],
-            "vocabulary_size": len(meta["vocabulary"]["ids"]), "heldout_vocabulary_size":
-            len(meta["heldout_vocabulary"]["ids"])}
+    return {
+        "counts": meta["counts"],
+        "params": meta["params"],
+        "build_seconds": meta["build_seconds"],
+        "vocabulary_size": len(meta["vocabulary"]["ids"]),
+        "heldout_vocabulary_size": len(meta["heldout_vocabulary"]["ids"]),
+    }
 
 
 def _remove_stale_temp_dirs(out_dir: Path) -> None:
@@ -215,8 +252,9 @@ def _make_sample(split: str, index: int) -> tuple[bytes, dict]:
 
     def scene_at(i: int):
         required = cfg.heldout if split == "heldout" else ()
-        return generate_scene(cfg.seed, split, i, image_size=cfg.image_size, vocab=cfg.vocab,
-                              required=required, atlas=atlas)
+        return generate_scene(
+            cfg.seed, split, i, image_size=cfg.image_size, vocab=cfg.vocab, required=required, atlas=atlas
+        )
 
     scene = scene_at(index)
     record: dict = {"noisy": False}
@@ -234,16 +272,20 @@ def _make_sample(split: str, index: int) -> tuple[bytes, dict]:
     buf = io.BytesIO()
     scene.image.save(buf, format="PNG")
     key = f"{split}_{index:07d}"
-    record.update({
-        "key": key, "split": split, "index": index,
-        "captions": [c.text for c in captions],
-        "styles": [c.style for c in captions],
-        # The phrases of a borrowed caption point at another image's boxes: keep none.
-        "phrases": [[] if record["noisy"] else [p.to_dict() for p in c.phrases] for c in captions],
-        "boxes": scene.boxes,
-        "labels": scene.labels,
-        "background": scene.background.to_dict(),
-    })
+    record.update(
+        {
+            "key": key,
+            "split": split,
+            "index": index,
+            "captions": [c.text for c in captions],
+            "styles": [c.style for c in captions],
+            # The phrases of a borrowed caption point at another image's boxes: keep none.
+            "phrases": [[] if record["noisy"] else [p.to_dict() for p in c.phrases] for c in captions],
+            "boxes": scene.boxes,
+            "labels": scene.labels,
+            "background": scene.background.to_dict(),
+        }
+    )
     return buf.getvalue(), record
 
 
@@ -254,10 +296,16 @@ def _jobs(split: str, n: int) -> Iterator[tuple[str, int, int]]:
 
 # ----------------------------------------------------------------------------------------- writer
 
-def _write_dataset(root: Path, atlas: SpriteAtlas, cfg: _Config, params: dict, styles: dict, workers: int,
-                   show_progress: bool) -> dict:
-    sizes = {"pretrain": params["size"], "val": params["eval_size"], "test": params["eval_size"],
-             "heldout": params["heldout_size"]}
+
+def _write_dataset(
+    root: Path, atlas: SpriteAtlas, cfg: _Config, params: dict, styles: dict, workers: int, show_progress: bool
+) -> dict:
+    sizes = {
+        "pretrain": params["size"],
+        "val": params["eval_size"],
+        "test": params["eval_size"],
+        "heldout": params["heldout_size"],
+    }
     plan = pretrain_plan(cfg.seed, params["size"], styles, params["noise"])
     jobs = [job for split in SPLITS for job in _jobs(split, sizes[split])]
     images_meta: list[dict] = []
@@ -268,7 +316,8 @@ def _write_dataset(root: Path, atlas: SpriteAtlas, cfg: _Config, params: dict, s
 
     if workers > 1 and len(jobs) > 1:
         pool = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(
-            workers, initializer=_init_worker, initargs=(cfg, plan))
+            workers, initializer=_init_worker, initargs=(cfg, plan)
+        )
         results = pool.imap(_make_chunk, jobs)  # ordered: output does not depend on scheduling
     else:
         pool = None
@@ -280,16 +329,24 @@ def _write_dataset(root: Path, atlas: SpriteAtlas, cfg: _Config, params: dict, s
                 for png, rec in chunk:
                     split, key = rec["split"], rec["key"]
                     (root / "images" / split / f"{key}.png").write_bytes(png)
-                    shard_meta = {k: rec[k] for k in ("captions", "styles", "boxes", "labels", "phrases",
-                                                      "noisy", "background")}
+                    shard_meta = {
+                        k: rec[k] for k in ("captions", "styles", "boxes", "labels", "phrases", "noisy", "background")
+                    }
                     shard_meta.update(imgid=len(images_meta), split=split, key=key)
                     if rec["noisy"]:
                         shard_meta["caption_source"] = rec["caption_source"]
-                    writers[split].write(key, {"png": png, "txt": rec["captions"][0],
-                                               "json": json.dumps(shard_meta, ensure_ascii=False)})
-                    entry = {"filename": f"{key}.png", "filepath": split, "split": split,
-                             **{k: rec[k] for k in ("captions", "styles", "boxes", "labels", "phrases",
-                                                    "noisy", "background")}}
+                    writers[split].write(
+                        key, {"png": png, "txt": rec["captions"][0], "json": json.dumps(shard_meta, ensure_ascii=False)}
+                    )
+                    entry = {
+                        "filename": f"{key}.png",
+                        "filepath": split,
+                        "split": split,
+                        **{
+                            k: rec[k]
+                            for k in ("captions", "styles", "boxes", "labels", "phrases", "noisy", "background")
+                        },
+                    }
                     if rec["noisy"]:
                         entry["caption_source"] = rec["caption_source"]
                     images_meta.append(entry)
@@ -333,9 +390,15 @@ class _progress:
             def render(self, task) -> Text:
                 return Text(f"{task.speed:,.0f} scenes/s" if task.speed else "", style="cyan")
 
-        self.bar = Progress(TextColumn("emoji-scenes [bold]{task.fields[split]:<8}"), BarColumn(),
-                            MofNCompleteColumn(), Rate(), TimeElapsedColumn(), TextColumn("ETA"),
-                            TimeRemainingColumn())
+        self.bar = Progress(
+            TextColumn("emoji-scenes [bold]{task.fields[split]:<8}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            Rate(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
         self.bar.start()
         task = self.bar.add_task("build", total=self.total, split="")
         return lambda n, split: self.bar.update(task, advance=n, split=split)
@@ -360,8 +423,7 @@ def _write_preview(root: Path, atlas: SpriteAtlas, cfg: _Config, entries: list[d
         im = im.resize((cell, cell), Image.Resampling.NEAREST)
         draw = ImageDraw.Draw(im)
         for j, (x1, y1, x2, y2) in enumerate(e["boxes"]):
-            draw.rectangle((x1 * scale, y1 * scale, x2 * scale - 1, y2 * scale - 1), outline=palette[j % 4],
-                           width=2)
+            draw.rectangle((x1 * scale, y1 * scale, x2 * scale - 1, y2 * scale - 1), outline=palette[j % 4], width=2)
         x, y = 8 + (k % cols) * (cell + 8), 8 + (k // cols) * (cell + text_h + 8)
         sheet.paste(im, (x, y))
         text = "\n".join(textwrap.wrap(e["captions"][0], width=cell // 6)[:5])

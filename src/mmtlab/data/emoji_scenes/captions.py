@@ -56,22 +56,32 @@ HYPERNYMS = frozenset(_HYPERNYM_WORDS.split())
 
 BACKGROUND_NOUNS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     # noun phrase template over the background colours -> prepositions that fit it
-    "solid": [("a {0} background", ("on", "against", "in front of")),
-              ("a plain {0} background", ("on", "against")),
-              ("a {0} backdrop", ("against", "in front of")),
-              ("a {0} wall", ("against", "in front of"))],
-    "gradient": [("a {0} to {1} gradient", ("on", "against", "over")),
-                 ("a background fading from {0} to {1}", ("on", "against")),
-                 ("a {0} and {1} gradient background", ("on", "against"))],
-    "striped": [("a striped {0} and {1} background", ("on", "against")),
-                ("a striped {0} and {1} wall", ("against", "in front of")),
-                ("{1} stripes on {0}", ("over", "against"))],
-    "dotted": [("a dotted {0} and {1} background", ("on", "against")),
-               ("a {0} background with {1} dots", ("on", "against")),
-               ("a {0} and {1} polka dot wall", ("against", "in front of"))],
-    "checkered": [("a checkered {0} and {1} background", ("on", "against")),
-                  ("a {0} and {1} checkerboard", ("on", "over")),
-                  ("a checkered {0} and {1} floor", ("on",))],
+    "solid": [
+        ("a {0} background", ("on", "against", "in front of")),
+        ("a plain {0} background", ("on", "against")),
+        ("a {0} backdrop", ("against", "in front of")),
+        ("a {0} wall", ("against", "in front of")),
+    ],
+    "gradient": [
+        ("a {0} to {1} gradient", ("on", "against", "over")),
+        ("a background fading from {0} to {1}", ("on", "against")),
+        ("a {0} and {1} gradient background", ("on", "against")),
+    ],
+    "striped": [
+        ("a striped {0} and {1} background", ("on", "against")),
+        ("a striped {0} and {1} wall", ("against", "in front of")),
+        ("{1} stripes on {0}", ("over", "against")),
+    ],
+    "dotted": [
+        ("a dotted {0} and {1} background", ("on", "against")),
+        ("a {0} background with {1} dots", ("on", "against")),
+        ("a {0} and {1} polka dot wall", ("against", "in front of")),
+    ],
+    "checkered": [
+        ("a checkered {0} and {1} background", ("on", "against")),
+        ("a {0} and {1} checkerboard", ("on", "over")),
+        ("a checkered {0} and {1} floor", ("on",)),
+    ],
 }
 
 RELATIONS = {
@@ -104,11 +114,38 @@ DESCRIPTIVE_TEMPLATES: list[tuple[int, str]] = [
 ]
 VERBS = {1: ("sits", "floats", "appears", "is shown"), 2: ("sit", "float", "appear", "are shown")}
 
-ALT_PREFIXES = ("", "", "stock photo of", "free vector illustration of", "illustration of", "cartoon",
-                "vector image of", "clipart", "cute", "royalty free", "download", "icon of", "emoji")
-ALT_SUFFIXES = ("", "", "stock photo", "hd wallpaper", "clipart", "vector illustration", "png",
-                "free download", "icon", "emoji", "royalty free stock image", "cartoon style", "flat design",
-                "for kids", "sticker")
+ALT_PREFIXES = (
+    "",
+    "",
+    "stock photo of",
+    "free vector illustration of",
+    "illustration of",
+    "cartoon",
+    "vector image of",
+    "clipart",
+    "cute",
+    "royalty free",
+    "download",
+    "icon of",
+    "emoji",
+)
+ALT_SUFFIXES = (
+    "",
+    "",
+    "stock photo",
+    "hd wallpaper",
+    "clipart",
+    "vector illustration",
+    "png",
+    "free download",
+    "icon",
+    "emoji",
+    "royalty free stock image",
+    "cartoon style",
+    "flat design",
+    "for kids",
+    "sticker",
+)
 ALT_BACKGROUNDS = {
     "solid": ("on {0} background", "{0} background", "with {0} background", "isolated on {0}"),
     "gradient": ("on {0} {1} gradient background", "{0} and {1} gradient", "gradient background"),
@@ -119,19 +156,42 @@ ALT_CASES = {"lower": 0.45, "title": 0.3, "sentence": 0.25}
 ALT_MENTION_PROB = 0.7  # each further sprite is mentioned with this probability (partial mentions)
 ALT_BACKGROUND_PROB = 0.45
 
-NARRATIVE_OPENERS = ("in this image i can see", "in this picture we can see", "in this image we can see",
-                     "this image consists of", "here we can see", "in this picture i can see",
-                     "uh in this image i can see")
-NARRATIVE_CONNECTORS = ("and there {be}", "and i can see", "and we can see", "and uh there {be}",
-                        "and also there {be}", "beside that there {be}", "and here i can see",
-                        "and um there {be}")
+NARRATIVE_OPENERS = (
+    "in this image i can see",
+    "in this picture we can see",
+    "in this image we can see",
+    "this image consists of",
+    "here we can see",
+    "in this picture i can see",
+    "uh in this image i can see",
+)
+NARRATIVE_CONNECTORS = (
+    "and there {be}",
+    "and i can see",
+    "and we can see",
+    "and uh there {be}",
+    "and also there {be}",
+    "beside that there {be}",
+    "and here i can see",
+    "and um there {be}",
+)
 NARRATIVE_BACKGROUNDS = {
-    "solid": ("and in the background it is {0} in color", "and the background is {0}",
-              "and in the background we can see {0} color", "and uh the background is {0} in color"),
-    "gradient": ("and the background is {0} and {1} in color", "and in the background it is {0} and {1}",
-                 "and the background is like {0} going to {1}"),
-    "pattern": ("and in the background there is a {p} pattern in {0} and {1} color",
-                "and the background is {p} with {0} and {1} colors", "and the background is {0} and {1} {p}"),
+    "solid": (
+        "and in the background it is {0} in color",
+        "and the background is {0}",
+        "and in the background we can see {0} color",
+        "and uh the background is {0} in color",
+    ),
+    "gradient": (
+        "and the background is {0} and {1} in color",
+        "and in the background it is {0} and {1}",
+        "and the background is like {0} going to {1}",
+    ),
+    "pattern": (
+        "and in the background there is a {p} pattern in {0} and {1} color",
+        "and the background is {p} with {0} and {1} colors",
+        "and the background is {0} and {1} {p}",
+    ),
 }
 DISFLUENCIES = ("uh", "um", "uh", "like")  # said right before a noun phrase
 HEDGES = ("i think", "so", "okay", "uh")  # said before a connector ("... so and there is ...")
@@ -139,6 +199,7 @@ DISFLUENCY_PROB = 0.2
 
 
 # ------------------------------------------------------------------------------------- data types
+
 
 @dataclass(frozen=True)
 class Caption:
@@ -187,8 +248,9 @@ def lexicon(atlas: SpriteAtlas) -> tuple[Words, ...]:
         keywords = tuple(k for k in s.keywords if any(c.isalpha() for c in k))
         # A keyword can stand in for the name if it is a known noun or the name's own head noun
         # ("ice" for "shaved ice"), never a modifier taken from the name ("shaved", "hot").
-        nouns = tuple(k for k in keywords if (k in HYPERNYMS or k == head) and k not in COLOR_NAMES
-                      and k != name.lower())
+        nouns = tuple(
+            k for k in keywords if (k in HYPERNYMS or k == head) and k not in COLOR_NAMES and k != name.lower()
+        )
         out.append(Words(name, nouns, keywords, s.color))
     return tuple(out)
 
@@ -205,10 +267,17 @@ def entities_of(scene: Scene) -> list[Entity]:
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         vis = np.array([scene.sprites[i].visible for i in idx])
         sizes = {scene.sprites[i].size_name for i in idx}
-        ents.append(Entity(sid, tuple(idx), (float(centers[0]), float(centers[1])),
-                           (int(boxes[:, 0].min()), int(boxes[:, 1].min()), int(boxes[:, 2].max()),
-                            int(boxes[:, 3].max())),
-                           float((areas * vis).sum()), sizes.pop() if len(sizes) == 1 else None, max(idx)))
+        ents.append(
+            Entity(
+                sid,
+                tuple(idx),
+                (float(centers[0]), float(centers[1])),
+                (int(boxes[:, 0].min()), int(boxes[:, 1].min()), int(boxes[:, 2].max()), int(boxes[:, 3].max())),
+                float((areas * vis).sum()),
+                sizes.pop() if len(sizes) == 1 else None,
+                max(idx),
+            )
+        )
     return sorted(ents, key=lambda e: (-e.area, e.indices[0]))
 
 
@@ -227,8 +296,15 @@ def relation(a: Entity, b: Entity) -> str:
 
 # --------------------------------------------------------------------------------------- captions
 
-def caption_scene(scene: Scene, style: str = "descriptive", n: int | None = None, *,
-                  atlas: SpriteAtlas | None = None, rng: np.random.Generator | None = None) -> list[Caption]:
+
+def caption_scene(
+    scene: Scene,
+    style: str = "descriptive",
+    n: int | None = None,
+    *,
+    atlas: SpriteAtlas | None = None,
+    rng: np.random.Generator | None = None,
+) -> list[Caption]:
     """`n` captions (default: 5 descriptive, else 1) of `scene` in `style`. Deterministic: the random
     stream is derived from the scene's (seed, split, index) and the style unless `rng` is given."""
     if style not in STYLES:
@@ -319,8 +395,10 @@ class _Writer:
             "all": join_list([p for p, _ in all_nps], oxford=self.chance(0.2)),
             "all_sized": join_list([self.np(e, sized=True) for e in ents]),
             "salient": join_list([p for p, _ in salient_nps]),
-            "a": a_np, "b": self.np(b) if b else "",
-            "a_sized": self.np(a, sized=True), "b_sized": self.np(b, sized=True) if b else "",
+            "a": a_np,
+            "b": self.np(b) if b else "",
+            "a_sized": self.np(a, sized=True),
+            "b_sized": self.np(b, sized=True) if b else "",
             "rel": rel,
             "be_a": is_are(a_plural),
             "there_all": f"there {is_are(all_nps[0][1])}",  # agrees with the nearest noun
@@ -407,4 +485,3 @@ def _weighted(rng: np.random.Generator, probs: dict[str, float]) -> str:
     keys = list(probs)
     p = np.array([probs[k] for k in keys])
     return keys[int(rng.choice(len(keys), p=p / p.sum()))]
-

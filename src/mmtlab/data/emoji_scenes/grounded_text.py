@@ -26,8 +26,13 @@ class Phrase:
     sprite_id: int
 
     def to_dict(self) -> dict:
-        return {"start": self.start, "end": self.end, "text": self.text,
-                "box_indices": list(self.box_indices), "sprite_id": self.sprite_id}
+        return {
+            "start": self.start,
+            "end": self.end,
+            "text": self.text,
+            "box_indices": list(self.box_indices),
+            "sprite_id": self.sprite_id,
+        }
 
 
 Piece = tuple[str, "Mention | None"]

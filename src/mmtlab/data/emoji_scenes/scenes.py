@@ -84,9 +84,15 @@ class PlacedSprite:
     visible: float  # fraction of its in-image pixels not covered by later sprites
 
     def to_dict(self) -> dict:
-        return {"sprite_id": self.sprite_id, "box": list(self.box), "size_name": self.size_name,
-                "flipped": self.flipped, "xy": list(self.xy), "side": self.side,
-                "visible": round(self.visible, 3)}
+        return {
+            "sprite_id": self.sprite_id,
+            "box": list(self.box),
+            "size_name": self.size_name,
+            "flipped": self.flipped,
+            "xy": list(self.xy),
+            "side": self.side,
+            "visible": round(self.visible, 3),
+        }
 
 
 @dataclass
@@ -212,8 +218,9 @@ def _sample_sprite_ids(rng: np.random.Generator, vocab: Sequence[int], required:
     return ids
 
 
-def _place_sprites(rng: np.random.Generator, atlas: SpriteAtlas, ids: list[int], size: int,
-                   canvas: Image.Image) -> list[PlacedSprite]:
+def _place_sprites(
+    rng: np.random.Generator, atlas: SpriteAtlas, ids: list[int], size: int, canvas: Image.Image
+) -> list[PlacedSprite]:
     owner = np.full((size, size), -1, dtype=np.int16)  # index of the front-most sprite at each pixel
     totals: list[int] = []  # in-image visible pixels of each accepted sprite
     accepted: list[dict] = []
@@ -241,13 +248,28 @@ def _place_sprites(rng: np.random.Generator, atlas: SpriteAtlas, ids: list[int],
             region[sub] = len(accepted)
             totals.append(int(sub.sum()))
             canvas.paste(im, (x, y), im)
-            accepted.append({"sprite_id": sprite_id, "size_name": size_name, "flipped": flipped, "xy": (x, y),
-                             "side": side, "box": _mask_box(sub, x1, y1)})
+            accepted.append(
+                {
+                    "sprite_id": sprite_id,
+                    "size_name": size_name,
+                    "flipped": flipped,
+                    "xy": (x, y),
+                    "side": side,
+                    "box": _mask_box(sub, x1, y1),
+                }
+            )
             break
         # A sprite that found no acceptable place is simply left out: scenes stay valid.
     return [
-        PlacedSprite(a["sprite_id"], a["box"], a["size_name"], a["flipped"], a["xy"], a["side"],
-                     int(np.count_nonzero(owner == k)) / max(1, totals[k]))
+        PlacedSprite(
+            a["sprite_id"],
+            a["box"],
+            a["size_name"],
+            a["flipped"],
+            a["xy"],
+            a["side"],
+            int(np.count_nonzero(owner == k)) / max(1, totals[k]),
+        )
         for k, a in enumerate(accepted)
     ]
 
@@ -258,7 +280,7 @@ def _clip_mask(mask: np.ndarray, x: int, y: int, size: int):
     x1, y1, x2, y2 = max(0, x), max(0, y), min(size, x + side), min(size, y + side)
     if x2 <= x1 or y2 <= y1:
         return None
-    return mask[y1 - y:y2 - y, x1 - x:x2 - x], (x1, y1, x2, y2)
+    return mask[y1 - y : y2 - y, x1 - x : x2 - x], (x1, y1, x2, y2)
 
 
 def _mask_box(sub: np.ndarray, ox: int, oy: int) -> tuple[int, int, int, int]:

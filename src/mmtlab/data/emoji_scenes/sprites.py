@@ -19,8 +19,18 @@ from PIL import Image
 
 # Order in which `basic_order` interleaves categories: concrete, visually distinct things first
 # (they are easiest to learn from 64 px images); people last (many near-identical gendered variants).
-BASIC_CATEGORY_ORDER = ("animals", "food", "plants", "smileys", "travel", "objects", "activities",
-                        "weather", "symbols", "people")
+BASIC_CATEGORY_ORDER = (
+    "animals",
+    "food",
+    "plants",
+    "smileys",
+    "travel",
+    "objects",
+    "activities",
+    "weather",
+    "symbols",
+    "people",
+)
 
 
 @dataclass(frozen=True)
@@ -41,8 +51,15 @@ class SpriteAtlas:
         self.sprite_size: int = int(meta["sprite_size"])
         self.columns: int = int(meta["columns"])
         self.info: tuple[SpriteInfo, ...] = tuple(
-            SpriteInfo(int(s["id"]), s["char"], s["name"], tuple(s["keywords"]), s["category"], s["color"],
-                       tuple(s["codepoints"]))
+            SpriteInfo(
+                int(s["id"]),
+                s["char"],
+                s["name"],
+                tuple(s["keywords"]),
+                s["category"],
+                s["color"],
+                tuple(s["codepoints"]),
+            )
             for s in meta["sprites"]
         )
         if [s.id for s in self.info] != list(range(len(self.info))):

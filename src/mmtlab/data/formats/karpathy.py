@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:['’][a-z0-9]+)*")
-_KNOWN_IMAGE_KEYS = {"filename", "filepath", "imgid", "split", "sentids", "sentences", "boxes", "labels",
-                     "phrases"}
+_KNOWN_IMAGE_KEYS = {"filename", "filepath", "imgid", "split", "sentids", "sentences", "boxes", "labels", "phrases"}
 
 
 @dataclass
@@ -51,8 +50,9 @@ def tokenize(raw: str) -> list[str]:
     return _TOKEN.findall(raw.lower())
 
 
-def read_karpathy(json_path: str | Path, image_root: str | Path | None = None,
-                  split: str | Sequence[str] | None = None) -> list[ImageRecord]:
+def read_karpathy(
+    json_path: str | Path, image_root: str | Path | None = None, split: str | Sequence[str] | None = None
+) -> list[ImageRecord]:
     """Read a Karpathy JSON. `image_root` defaults to the JSON's folder (its `images/` subfolder if
     present); `split` is a name or a list of names (None: all). Raises ValueError naming the file and
     field when the JSON is malformed."""
@@ -106,11 +106,14 @@ def read_karpathy(json_path: str | Path, image_root: str | Path | None = None,
         seen_splits.add(img_split)
         if wanted is not None and img_split not in wanted:
             continue
-        records.append(ImageRecord(image_id, path, img_split, captions, img.get("boxes"), img.get("labels"),
-                                   phrases, extra))
+        records.append(
+            ImageRecord(image_id, path, img_split, captions, img.get("boxes"), img.get("labels"), phrases, extra)
+        )
     if wanted is not None and not wanted & seen_splits:
-        raise ValueError(f"{json_path}: no images in split {sorted(wanted)}; "
-                         f"splits present: {', '.join(sorted(seen_splits)) or 'none'}")
+        raise ValueError(
+            f"{json_path}: no images in split {sorted(wanted)}; "
+            f"splits present: {', '.join(sorted(seen_splits)) or 'none'}"
+        )
     return records
 
 
@@ -142,8 +145,14 @@ def karpathy_images(images: Iterable[Mapping[str, Any]]) -> list[dict]:
         entry = {"filename": img["filename"]}
         if img.get("filepath"):
             entry["filepath"] = img["filepath"]
-        entry.update({"imgid": imgid, "split": img["split"], "sentids": list(range(sentid, sentid + len(captions))),
-                      "sentences": sentences})
+        entry.update(
+            {
+                "imgid": imgid,
+                "split": img["split"],
+                "sentids": list(range(sentid, sentid + len(captions))),
+                "sentences": sentences,
+            }
+        )
         entry.update({k: v for k, v in img.items() if k not in {"filename", "filepath", "split", "captions", "styles"}})
         sentid += len(captions)
         out.append(entry)

@@ -57,6 +57,7 @@ class ShardStats:
 
 # ------------------------------------------------------------------------------------------ writing
 
+
 class ShardWriter:
     """Writes samples into `{prefix}-{n:06d}.tar`, `shard_size` samples per shard.
 
@@ -109,8 +110,9 @@ class ShardWriter:
         self.close()
 
 
-def write_shards(out_dir: str | Path, prefix: str, samples: Iterable[tuple[str, dict[str, bytes | str]]],
-                 shard_size: int) -> list[Path]:
+def write_shards(
+    out_dir: str | Path, prefix: str, samples: Iterable[tuple[str, dict[str, bytes | str]]], shard_size: int
+) -> list[Path]:
     """Write (key, members) samples into shards; returns the shard paths."""
     with ShardWriter(out_dir, prefix, shard_size) as writer:
         for key, members in samples:
@@ -120,6 +122,7 @@ def write_shards(out_dir: str | Path, prefix: str, samples: Iterable[tuple[str, 
 
 # ------------------------------------------------------------------------------------------ reading
 
+
 def expand_urls(urls_or_pattern: str | Path | Sequence[str | Path]) -> list[str]:
     """A brace pattern ("shards/train-{000000..000009}.tar"), a path, or a list of either."""
     items = [urls_or_pattern] if isinstance(urls_or_pattern, (str, Path)) else list(urls_or_pattern)
@@ -127,7 +130,7 @@ def expand_urls(urls_or_pattern: str | Path | Sequence[str | Path]) -> list[str]
     for item in items:
         s = str(item)
         out.extend(s.split("::") if "::" in s else braceexpand(s))
-    return [u[len("file:"):] if u.startswith("file:") else u for u in out]
+    return [u[len("file:") :] if u.startswith("file:") else u for u in out]
 
 
 class ShardReader:
@@ -137,8 +140,13 @@ class ShardReader:
     "captions" list, else the .txt member; `meta` is the decoded JSON ({} if there is none).
     """
 
-    def __init__(self, urls_or_pattern: str | Path | Sequence[str | Path], *, decode: bool = True,
-                 stats: ShardStats | None = None) -> None:
+    def __init__(
+        self,
+        urls_or_pattern: str | Path | Sequence[str | Path],
+        *,
+        decode: bool = True,
+        stats: ShardStats | None = None,
+    ) -> None:
         self.urls = expand_urls(urls_or_pattern)
         self.decode = decode
         self.stats = stats if stats is not None else ShardStats()
@@ -224,8 +232,9 @@ class ShardReader:
         return {"key": key, "image": image, "captions": captions, "meta": meta, "url": url}
 
 
-def iter_shards(urls_or_pattern: str | Path | Sequence[str | Path], *, decode: bool = True,
-                stats: ShardStats | None = None) -> ShardReader:
+def iter_shards(
+    urls_or_pattern: str | Path | Sequence[str | Path], *, decode: bool = True, stats: ShardStats | None = None
+) -> ShardReader:
     """Iterate samples of WebDataset shards; bad samples and truncated shards are skipped and counted
     in `stats` (also available as the returned reader's `.stats`)."""
     return ShardReader(urls_or_pattern, decode=decode, stats=stats)
