@@ -92,8 +92,13 @@ class DataParallel:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
-    def close(self) -> None:
+    def close(self, barrier: bool = True) -> None:
+        """Leave the process group we created. After a normal end every rank first waits for the
+        others: a rank that tore down its gloo group while another still used it sometimes
+        aborted the whole run ("terminate called without an active exception") after training."""
         if self.owns_group and dist.is_initialized():
+            if barrier:
+                dist.barrier()
             dist.destroy_process_group()
 
 

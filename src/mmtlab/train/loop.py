@@ -112,9 +112,12 @@ def train(
     Under torchrun (or in a process group the caller initialised) every process calls this alike."""
     dp = setup_distributed()
     try:
-        return _train(cfg, Path(run_dir), dp, resume, stop_after, console or stderr, progress and dp.is_main)
-    finally:
-        dp.close()
+        result = _train(cfg, Path(run_dir), dp, resume, stop_after, console or stderr, progress and dp.is_main)
+    except BaseException:
+        dp.close(barrier=False)  # other ranks may be gone: waiting for them could hang
+        raise
+    dp.close(barrier=True)
+    return result
 
 
 class _NoLog:
