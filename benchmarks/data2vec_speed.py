@@ -17,12 +17,11 @@ Writes JSON to stdout and benchmarks/results/data2vec_speed.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from common import write_result  # benchmarks/common.py
 from torch.utils.flop_counter import FlopCounterMode
 
 from mmtlab.config import load_config
@@ -120,11 +119,7 @@ def main() -> None:
     ]
     report = {"threads": torch.get_num_threads(), "torch": torch.__version__, "overrides": args.overrides}
     report["results"] = results
-    text = json.dumps(report, indent=2)
-    print(text)
-    out = Path(__file__).parent / "results" / "data2vec_speed.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(text)
+    write_result("data2vec_speed", report)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,10 @@ JSON to stdout and benchmarks/results/generation_speed.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
-from train_throughput import cpu_name  # the sibling benchmark script
+from common import cpu_name, write_result  # benchmarks/common.py
 
 from mmtlab.config import load_config
 from mmtlab.models import build_model
@@ -101,10 +99,7 @@ def main() -> None:
         "torch": torch.__version__,
         "results": rows,
     }
-    out = Path(__file__).parent / "results" / "generation_speed.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result("generation_speed", result)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 
 import torch
+from common import write_result  # benchmarks/common.py
 from safetensors.torch import load_file
 
 from mmtlab.config import CONFIG_DIR
 from mmtlab.train.checkpoint import latest_checkpoint
 
-RESULTS = Path(__file__).resolve().parent / "results" / "kill_resume.json"
 SHORT = [
     "train.steps=30",
     "train.batch_size=32",
@@ -108,9 +108,7 @@ def main() -> None:
         "bitwise_equal": a.keys() == b.keys() and not differing,
         "runs": str(root),
     }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result("kill_resume", result)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import time
-from pathlib import Path
 
 import torch
+from common import write_result  # benchmarks/common.py
 
 from mmtlab.config import CONFIG_DIR, load_config
 from mmtlab.data.loader import training_batches, training_dataset
@@ -30,8 +29,6 @@ from mmtlab.models import build_model
 from mmtlab.objectives import build_objectives
 from mmtlab.train.loop import with_tokenizer
 from mmtlab.train.optim import build_optimizer
-
-RESULTS = Path(__file__).resolve().parent / "results" / "loader_vs_train.json"
 
 
 def pairs_per_s(batches, n: int) -> float:
@@ -99,9 +96,7 @@ def main() -> None:
         "train_step_pairs_per_s": round(train_rate, 1),
         "results": rows,
     }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result("loader_vs_train", result)
 
 
 if __name__ == "__main__":

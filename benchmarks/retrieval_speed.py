@@ -20,12 +20,11 @@ benchmarks/results/retrieval_speed.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
 import torch
+from common import RESULTS_DIR, cpu_name, write_result  # benchmarks/common.py
 
 import mmtlab
 from mmtlab.config import CONFIG_DIR, load_config
@@ -36,13 +35,11 @@ from mmtlab.eval.retrieval import embed_records, recall_at_k
 from mmtlab.train.checkpoint import latest_checkpoint
 from mmtlab.train.loop import train
 
-RESULTS = Path(__file__).parent / "results"
-
 
 def trained_run(run: Path | None, data: str) -> Path:
     if run is not None:
         return run
-    run = RESULTS / "retrieval_speed_run"
+    run = RESULTS_DIR / "retrieval_speed_run"
     cfg = load_config(CONFIG_DIR / "runs" / "retrieval-bench.yaml", [f"data.root={data}"])
     ckpt = latest_checkpoint(run)
     if ckpt is None or int(ckpt.name.split("_")[1]) < cfg.train.steps:
@@ -140,7 +137,7 @@ def benchmark(args: argparse.Namespace, run: Path) -> None:
         "n_texts": un.n_texts,
         "pairs": n_pairs,
         "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "naive": {
             "measured_pairs": len(sample),
             "seconds_measured": round(t_naive_sample, 2),
@@ -177,9 +174,7 @@ def benchmark(args: argparse.Namespace, run: Path) -> None:
         "rerank_vs_exhaustive": result["speedup_rerank_vs_exhaustive"] >= 20,
         "r1_within_0.5": all(abs(v) <= 0.5 for v in result["r1_difference_rerank_minus_exhaustive"].values()),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "retrieval_speed.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result("retrieval_speed", result)
 
 
 if __name__ == "__main__":

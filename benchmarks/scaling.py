@@ -16,16 +16,13 @@ processes' ratio within one run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
-from pathlib import Path
 
 import torch
+from common import write_result  # benchmarks/common.py
 
 from mmtlab.config import TrainConfig
-
-RESULTS = Path(__file__).resolve().parent / "results" / "scaling.json"
 
 
 def _rank_throughput(model_spec: str, objectives: list[str], mode: str, batch_size: int, text_len: int, steps: int):
@@ -111,9 +108,7 @@ def main() -> None:
         "backend": "gloo (CPU)",
         "results": rows,
     }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result("scaling", result)
 
 
 if __name__ == "__main__":

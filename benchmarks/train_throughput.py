@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import platform
 import time
-from pathlib import Path
 
 import torch
+from common import cpu_name, write_result  # benchmarks/common.py
 from torch.utils.flop_counter import FlopCounterMode
 
 from mmtlab.config import CONFIG_DIR, DECODER_ARCHS, load_config
@@ -35,16 +33,6 @@ from mmtlab.data.pairs import Batch
 from mmtlab.models import build_model
 from mmtlab.objectives import build_objectives
 from mmtlab.train.optim import build_optimizer
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -168,10 +156,7 @@ def main() -> None:
         "torch": torch.__version__,
         "results": rows,
     }
-    out = Path(__file__).parent / "results" / "train_throughput.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result("train_throughput", result)
 
 
 if __name__ == "__main__":
