@@ -147,7 +147,7 @@ def eval_retrieval(
 ):
     """Zero-shot image<->text Recall@1/5/10 -> RUN_DIR/eval/retrieval.json (dual, + retrieval_examples.png),
     retrieval_cross.json or retrieval_rerank.json."""
-    from mmtlab.eval.runs import RETRIEVAL_MODES, eval_retrieval
+    from mmtlab.eval.runs import RETRIEVAL_MODES, eval_retrieval, retrieval_file
 
     if mode not in RETRIEVAL_MODES:
         raise UserError(f"--mode {mode!r}: choose one of {', '.join(RETRIEVAL_MODES)}")
@@ -168,9 +168,7 @@ def eval_retrieval(
         )
     if mode != "dual":
         console.print(f"{result['pairs_scored']:,} pairs scored in {result['scoring_seconds']:.1f} s")
-    suffix = "" if image_size is None else f"_{image_size}px"
-    name = f"retrieval{suffix}.json" if mode == "dual" else f"retrieval_{mode}{suffix}.json"
-    console.print(f"wrote {run_dir / 'eval' / name}")
+    console.print(f"wrote {run_dir / 'eval' / retrieval_file(mode, image_size)}")
 
 
 @eval_app.command("mlm")

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
+from mmtlab.eval.runs import retrieval_file  # noqa: E402
 from mmtlab.io import atomic_write_text  # noqa: E402
 
 RETRIEVAL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
@@ -95,7 +96,7 @@ def write_run_report(run_dir: str | Path) -> Path:
     plot = plot_training(metrics, run_dir / "training.png")
     if plot:
         lines += ["## Training", "", "![training curves](training.png)", ""]
-    retrieval = run_dir / "eval" / "retrieval.json"
+    retrieval = run_dir / "eval" / retrieval_file()
     if retrieval.exists():
         r = json.loads(retrieval.read_text())
         lines += [
@@ -106,7 +107,7 @@ def write_run_report(run_dir: str | Path) -> Path:
         if (run_dir / "eval" / "retrieval_examples.png").exists():
             lines += ["", "![retrieval examples](eval/retrieval_examples.png)", ""]
     for mode, what in (("cross", "cross-encoder, every pair"), ("rerank", "cross-encoder reranking a shortlist")):
-        path = run_dir / "eval" / f"retrieval_{mode}.json"
+        path = run_dir / "eval" / retrieval_file(mode)
         if path.exists():
             r = json.loads(path.read_text())
             lines += [

@@ -30,6 +30,16 @@ def load_run(run_dir: Path, data: Path | None = None):
 RETRIEVAL_MODES = ("dual", "cross", "rerank")
 
 
+def retrieval_file(mode: str = "dual", image_size: int | None = None) -> str:
+    """The name under RUN_DIR/eval of a retrieval result: retrieval[_MODE][_<N>px].json."""
+    return (
+        "retrieval"
+        + ("" if mode == "dual" else f"_{mode}")
+        + ("" if image_size is None else f"_{image_size}px")
+        + ".json"
+    )
+
+
 def eval_retrieval(
     run_dir: Path,
     split: str = "test",
@@ -84,11 +94,10 @@ def eval_retrieval(
         records, source = [records[i] for i in keep], source.subset(keep)
     bs = cfg.eval.batch_size
     info = {"split": split, "mode": mode, "image_size": model.cfg.image.size, "model_params": model.num_params()}
-    suffix = "" if image_size is None else f"_{image_size}px"
     if mode == "dual":
         emb = embed_records(model, model.tokenizer, records, batch_size=bs, progress=progress, source=source)
         result = {**info, **retrieval_metrics(emb)}
-        atomic_write_json(run_dir / "eval" / f"retrieval{suffix}.json", result)
+        atomic_write_json(run_dir / "eval" / retrieval_file("dual", image_size), result)
         if examples:
             from mmtlab.eval.examples import plot_text_to_image
 
@@ -112,7 +121,7 @@ def eval_retrieval(
         short = emb.images @ emb.texts.T
         info["shortlist_from"] = str(shortlist) if shortlist is not None else "own contrastive head"
     result = {**info, **cross_metrics(model, un, mode=mode, k=k, shortlist_scores=short, progress=progress)}
-    atomic_write_json(run_dir / "eval" / f"retrieval_{mode}{suffix}.json", result)
+    atomic_write_json(run_dir / "eval" / retrieval_file(mode, image_size), result)
     return result
 
 
