@@ -35,7 +35,7 @@ from mmtlab.objectives.itm import (
     choose_candidates,
     sample_pairing,
 )
-from mmtlab.objectives.mlm import IGNORE, MLM, mask_tokens, mlm_loss
+from mmtlab.objectives.mlm import IGNORE, MLM, mask_caption_tokens, mask_tokens, mlm_loss
 from mmtlab.objectives.mrm import MRMKL, MRMClassification, MRMRegression, mask_regions
 from mmtlab.objectives.sigmoid import FocalContrastive, SigLIP, focal_sigmoid_loss, sigmoid_loss
 from mmtlab.objectives.zloss import ZLoss, z_loss
@@ -184,15 +184,7 @@ class StepContext:
         pairing = self.pairing
         tokens, text_mask = b.tokens[pairing.text_index], b.text_mask[pairing.text_index]
         if plan.mask_text:
-            inputs, labels = mask_tokens(
-                tokens,
-                text_mask,
-                special_ids=(t.pad_id, t.cls_id, t.sep_id, t.mask_id),
-                mask_id=t.mask_id,
-                vocab_size=t.vocab_size,
-                prob=plan.text_mask_prob,
-                generator=self.generator,
-            )
+            inputs, labels = mask_caption_tokens(tokens, text_mask, t, plan.text_mask_prob, self.generator)
             labels = labels.masked_fill(~pairing.is_match[:, None], IGNORE)
         else:
             inputs, labels = tokens, torch.full_like(tokens, IGNORE)
