@@ -54,6 +54,8 @@ def test_study_runs_resumes_and_aggregates(tmp_path, tiny_data):
     row = result["rows"][0]
     values = row["metrics"]["retrieval.t2i_r1"]["values"]
     assert row["metrics"]["retrieval.t2i_r1"]["mean"] == pytest.approx(sum(values) / 2)
+    by_seed = sorted((out / "runs").glob("*/seed_*/study_run.json"), key=lambda f: f.stat().st_mtime_ns)
+    assert [f.parent.name for f in by_seed] == ["seed_0"] * 3 + ["seed_1"] * 3  # seed-major: grid at seed 0 first
     first = (out / "runs" / "dual__low" / "seed_0" / "study_run.json").stat().st_mtime_ns
     run_study(path, tmp_path / "out")  # finished runs are skipped, not retrained
     assert (out / "runs" / "dual__low" / "seed_0" / "study_run.json").stat().st_mtime_ns == first

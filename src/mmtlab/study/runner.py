@@ -88,7 +88,9 @@ def run_study(
     # Validate every run's config before spending hours on the first ones.
     pretrain = pretrain_configs(spec, Path(path))
     pretrained = {name: out / "pretrain" / name for name in pretrain}
-    configs = {(c, s): cell_config(spec, base, c, s, pretrained) for c in cells for s in spec.seeds}
+    # Seed-major: every cell's first seed runs before any cell's second, so an interrupted study
+    # already has the whole grid at one seed (and each later seed narrows every interval at once).
+    configs = {(c, s): cell_config(spec, base, c, s, pretrained) for s in spec.seeds for c in cells}
     total = len(configs)
     console.print(f"study [bold]{spec.name}[/]: {len(cells)} cells x {len(spec.seeds)} seeds = {total} runs -> {out}")
     if dry_run:
