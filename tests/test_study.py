@@ -8,6 +8,7 @@ from conftest import tiny_run_config
 from mmtlab.config import ConfigError
 from mmtlab.study import expand, load_study, mean_ci95, run_study
 from mmtlab.study.report import write_study_report
+from mmtlab.study.runner import StudyStopped
 
 
 def test_mean_ci95_matches_t_formula():
@@ -74,3 +75,26 @@ def test_bad_study_fields(tmp_path, tiny_data):
     path = write_study(tmp_path, tiny_data, metrics=["caption.cider"])
     with pytest.raises(ConfigError, match="metrics"):
         load_study(path)
+
+
+def test_sigterm_during_a_run_stops_the_study_without_marking_the_run_done(tmp_path, tiny_data, monkeypatch):
+    import dataclasses
+
+    import mmtlab.train.loop as loop
+
+    real_train = loop.train
+
+    def sigterm_after_one_step(cfg, run_dir, resume=False, console=None):
+        result = real_train(cfg, run_dir, resume=resume, console=console, stop_after=1, progress=False)
+        return dataclasses.replace(result, interrupted=True)  # what train returns after a SIGTERM
+
+    monkeypatch.setattr(loop, "train", sigterm_after_one_step)
+    path = write_study(tmp_path, tiny_data)
+    with pytest.raises(StudyStopped):
+        run_study(path, tmp_path / "out")
+    run = tmp_path / "out" / "runs" / "dual__low" / "seed_0"
+    assert (run / "checkpoints").is_dir() and not (run / "study_run.json").exists()
+    assert not (run / "eval").exists()  # a half-trained run is never evaluated
+    monkeypatch.setattr(loop, "train", real_train)
+    run_study(path, tmp_path / "out")  # rerunning continues from the checkpoint and finishes
+    assert json.loads((run / "study_run.json").read_text())["seed"] == 0

@@ -330,8 +330,13 @@ def study(
     of mean ± 95% CI and write results.json, results.md and report.html."""
     from mmtlab.study import run_study
     from mmtlab.study.report import write_study_report
+    from mmtlab.study.runner import StudyStopped
 
-    out_dir = run_study(spec, out, dry_run=dry_run, console=console)
+    try:
+        out_dir = run_study(spec, out, dry_run=dry_run, console=console)
+    except StudyStopped as e:
+        console.print(str(e))
+        raise typer.Exit(143) from None
     if not dry_run:
         console.print(f"wrote {write_study_report(out_dir)}")
 

@@ -64,6 +64,11 @@ def mean_ci95(values: list[float]) -> tuple[float, float | None]:
     return mean, t * statistics.stdev(values) / math.sqrt(n)
 
 
+class StudyStopped(Exception):
+    """A run was stopped by SIGTERM: it is checkpointed but unfinished, so it is neither evaluated
+    nor marked done, and the study stops too (a scheduler asked it to)."""
+
+
 def run_dir_of(out: Path, cell: Cell, seed: int) -> Path:
     return out / "runs" / cell.dirname / f"seed_{seed}"
 
@@ -114,8 +119,9 @@ def run_study(
             continue
         console.rule(f"[{i}/{total}] {cell.name}, seed {seed}")
         ckpt = latest_checkpoint(run_dir)
-        if ckpt is None or int(ckpt.name.split("_")[1]) < cfg.train.steps:
-            train(cfg, run_dir, resume=ckpt is not None, console=console)
+        unfinished = ckpt is None or int(ckpt.name.split("_")[1]) < cfg.train.steps
+        if unfinished and train(cfg, run_dir, resume=ckpt is not None, console=console).interrupted:
+            raise StudyStopped(f"SIGTERM: stopped during {run_dir} (checkpointed); rerun the study to continue")
         metrics = {name: EVALS[name](run_dir, **params, progress=False) for name, params in spec.evals.items()}
         atomic_write_json(done, {"cell": dict(cell.labels), "seed": seed, "metrics": metrics})
     aggregate(out, spec, cells, console)
