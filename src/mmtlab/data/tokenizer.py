@@ -35,11 +35,26 @@ class TextTokenizer:
 
     def __call__(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Token ids [B, L] and a boolean mask (True = real token), padded to the longest, <= max_len."""
+        return self._pad([self._truncate(e.ids) for e in self.tok.encode_batch(list(texts))])
+
+    def with_spans(self, texts: list[str], spans: list[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor]:
+        """`self(texts)` and [B, L] True at the tokens that overlap the character span
+        [start, end) of their text (special tokens never do; a span cut off by max_len has none)."""
         encs = self.tok.encode_batch(list(texts))
-        rows = [e.ids[: self.max_len] for e in encs]
-        for r, e in zip(rows, encs, strict=True):
-            if len(e.ids) > self.max_len:
-                r[-1] = self.sep_id  # keep the [SEP] end marker after truncation
+        ids, mask = self._pad([self._truncate(e.ids) for e in encs])
+        inside = torch.zeros_like(mask)
+        special = set(self.special_ids)
+        for i, (e, (start, end)) in enumerate(zip(encs, spans, strict=True)):
+            for j, ((a, b), t) in enumerate(zip(e.offsets[: self.max_len - 1], e.ids, strict=False)):
+                inside[i, j] = t not in special and a < end and b > start
+        return ids, mask, inside
+
+    def _truncate(self, ids: list[int]) -> list[int]:
+        if len(ids) <= self.max_len:
+            return ids
+        return ids[: self.max_len - 1] + [self.sep_id]  # keep the [SEP] end marker after truncation
+
+    def _pad(self, rows: list[list[int]]) -> tuple[Tensor, Tensor]:
         n = max(len(r) for r in rows)
         ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
         for i, r in enumerate(rows):

@@ -5,6 +5,9 @@
       dataset_emoji_scenes.json      Karpathy format (like dataset_flickr30k.json) + boxes/labels/phrases
       images/{split}/{split}_{index:07d}.png
       shards/{split}-{shard:06d}.tar WebDataset: {key}.png, {key}.txt (first caption), {key}.json
+      flickr30k_entities/            the eval splits' phrase grounding in Flickr30k Entities format:
+        Sentences/{key}.txt          captions with [/EN#id/category phrase] markup
+        Annotations/{key}.xml        VOC-style boxes named by entity id
       preview.png                    a few val scenes with their boxes and first caption
 
 Splits: `pretrain` (one caption per image, style drawn from a mixture: the "language similarity"
@@ -35,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ...io import atomic_replace_dir, atomic_write_json
+from ..formats import flickr30k_entities
 from ..formats.karpathy import write_karpathy
 from ..formats.webdataset import ShardWriter
 from .captions import STYLES, caption_scene
@@ -45,6 +49,7 @@ FORMAT_VERSION = 1
 DATASET_NAME = "emoji-scenes"
 KARPATHY_FILE = "dataset_emoji_scenes.json"
 SPLITS = ("pretrain", "val", "test", "heldout")
+EVAL_SPLITS = ("val", "test", "heldout")  # the splits exported with Flickr30k Entities grounding
 HELDOUT_FRACTION = 0.1
 HELDOUT_SEED = 0  # fixed, so every dataset seed holds out the same sprites (comparable open-vocab tests)
 PAIR_STREAM = 2  # scene_rng sub-stream for the pretrain pairing plan
@@ -136,6 +141,7 @@ def build_emoji_scenes(
                 "images": "images/{split}/{split}_{index:07d}.png",
                 "shards": "shards/{split}-{shard:06d}.tar",
                 "preview": "preview.png",
+                "flickr30k_entities": flickr30k_entities.EXPORT_DIR,
             },
             "build_seconds": round(time.perf_counter() - started, 2),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -362,8 +368,34 @@ def _write_dataset(
         counts[s]["shards"] = len(writers[s].paths)
     counts["noisy_pretrain"] = int(plan["noisy"].sum())
     write_karpathy(root / KARPATHY_FILE, images_meta, dataset=DATASET_NAME)
+    eval_images = [m for m in images_meta if m["split"] in EVAL_SPLITS]
+    size = (cfg.image_size, cfg.image_size)
+    export_flickr30k_entities(root / flickr30k_entities.EXPORT_DIR, eval_images, atlas.categories, size)
     _write_preview(root, atlas, cfg, [m for m in images_meta if m["split"] == "val"][:12])
     return counts
+
+
+def export_flickr30k_entities(out_dir: Path, images, categories: list[str], size: tuple[int, int] | None = None) -> int:
+    """Write the grounding of `images` (dicts with filename, captions, phrases, boxes, labels, and
+    width/height unless every image is `size`) in Flickr30k Entities format; the phrase type is
+    the sprite's category. Returns the number of images written."""
+    n = 0
+    for img in images:
+        width, height = size or (img["width"], img["height"])
+        phrases = img.get("phrases") or [[] for _ in img["captions"]]
+        flickr30k_entities.write_image(
+            out_dir,
+            Path(img["filename"]).stem,
+            filename=img["filename"],
+            width=width,
+            height=height,
+            captions=img["captions"],
+            phrases=phrases,
+            boxes=img["boxes"] or [],
+            types=[categories[label] for label in img["labels"] or []],
+        )
+        n += 1
+    return n
 
 
 class _progress:
