@@ -328,6 +328,11 @@ class DataConfig(Strict):
     max_train_pairs: int | None = Field(None, gt=0, description="use only the first N training pairs")
     regions: RegionsConfig = Field(default_factory=RegionsConfig, description="region inputs (model.image.input)")
 
+    text_only: bool = Field(
+        False,
+        description="train on the captions alone, no image input (with objectives mlm): the text-only "
+        "baseline of the cross-modal ablation (`mmtlab ablate --baseline`)",
+    )
     task: Literal["captions", "vqa"] = Field(
         "captions", description="training text: captions, or VQA prompts from each image's boxes (answer-only loss)"
     )
@@ -460,6 +465,14 @@ class RunConfig(Strict):
             missing = [h for h in needed if h not in self.model.outputs]
             if missing:
                 raise ValueError(f"model.outputs lacks {missing}, needed by the objectives")
+        return self
+
+    @model_validator(mode="after")
+    def _text_only_objectives(self):
+        if self.data.text_only and set(self.objectives) != {"mlm"}:
+            raise ValueError(
+                f"data.text_only trains on captions alone: objectives must be mlm only, got {sorted(self.objectives)}"
+            )
         return self
 
     @model_validator(mode="after")

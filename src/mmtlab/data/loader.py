@@ -22,7 +22,9 @@ from mmtlab.data.vqa import VQACollator, VQAPairs
 
 def training_modalities(cfg: RunConfig) -> str:
     """What one training item is: "pairs" (image + caption), or for a self-supervised model of one
-    modality "images", "captions" or "speech"."""
+    modality "images", "captions" or "speech" (also "captions" for a text-only baseline)."""
+    if cfg.data.text_only:
+        return "captions"
     if cfg.model.arch != "data2vec":
         return "pairs"
     mods = set(cfg.model.data2vec.modalities)
@@ -50,11 +52,19 @@ def image_source(cfg: RunConfig, records, progress: bool = True):
 
 
 def with_image_inputs(cfg: RunConfig, source) -> RunConfig:
-    """The config with the region feature size and class count taken from the detector's regions."""
+    """The config with the region feature size and class count taken from the detector's regions
+    (from the detector itself when there are none: a text-only run still builds a region model)."""
     if cfg.model.image.input != "regions":
         return cfg
+    if source is None:
+        from mmtlab.data.detector import load_detector
+
+        det = load_detector(cfg.data.regions.detector)
+        dims = det.feature_dim, det.num_classes
+    else:
+        dims = source.feature_dim, source.num_classes
     cfg = cfg.model_copy(deep=True)
-    cfg.model.image.region_dim, cfg.model.image.region_classes = source.feature_dim, source.num_classes
+    cfg.model.image.region_dim, cfg.model.image.region_classes = dims
     return cfg
 
 
