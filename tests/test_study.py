@@ -61,6 +61,24 @@ def test_study_runs_resumes_and_aggregates(tmp_path, tiny_data):
     run_study(path, tmp_path / "out")  # finished runs are skipped, not retrained
     assert (out / "runs" / "dual__low" / "seed_0" / "study_run.json").stat().st_mtime_ns == first
     assert "± " in (out / "results.md").read_text()
+    # An evaluation added to a finished study runs on the existing runs, without retraining them.
+    spec = yaml.safe_load(path.read_text())
+    spec["evals"]["mlm_like"] = {"split": "val", "examples": False}
+    spec["metrics"].append("mlm_like.t2i_r1")
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    from mmtlab.eval import runs
+
+    ckpts = sorted((out / "runs" / "dual__low" / "seed_0" / "checkpoints").iterdir())
+    runs.EVALS["mlm_like"] = runs.eval_retrieval  # any evaluation: the retrieval one on another split
+    try:
+        run_study(path, tmp_path / "out")
+    finally:
+        del runs.EVALS["mlm_like"]
+    record = json.loads((out / "runs" / "dual__low" / "seed_0" / "study_run.json").read_text())
+    assert set(record["metrics"]) == {"retrieval", "mlm_like"} and record["metrics"]["mlm_like"]["split"] == "val"
+    assert sorted((out / "runs" / "dual__low" / "seed_0" / "checkpoints").iterdir()) == ckpts
+    result = json.loads((out / "results.json").read_text())
+    assert result["rows"][0]["metrics"]["mlm_like.t2i_r1"]["values"]
     assert '<img src="data:image/png;base64,' in write_study_report(out).read_text()
 
 

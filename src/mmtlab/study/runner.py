@@ -16,7 +16,7 @@ from rich.console import Console
 
 from mmtlab.io import atomic_write_json, atomic_write_text
 from mmtlab.progress import stderr
-from mmtlab.study.spec import Cell, StudySpec, cell_config, expand, load_study, pretrain_configs
+from mmtlab.study.spec import Cell, StudySpec, cell_config, expand, load_study, pretrain_configs, with_pretrained
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (n - 1); 1.96 beyond 30.
 T95 = [
@@ -110,27 +110,36 @@ def run_study(
         ckpt = latest_checkpoint(pretrained[name])
         if ckpt is None or int(ckpt.name.split("_")[1]) < cfg.train.steps:
             console.rule(f"pretraining {name}")
-            train(cfg, pretrained[name], resume=ckpt is not None, console=console)
+            if train(cfg, pretrained[name], resume=ckpt is not None, console=console).interrupted:
+                raise StudyStopped(f"SIGTERM: stopped during {pretrained[name]} (checkpointed); rerun the study")
     for i, ((cell, seed), cfg) in enumerate(configs.items(), 1):
         run_dir = run_dir_of(out, cell, seed)
         done = run_dir / "study_run.json"
-        if done.exists():
+        # A finished run is not retrained; an evaluation added to the study since is run on it.
+        metrics = json.loads(done.read_text())["metrics"] if done.exists() else {}
+        todo = [name for name in spec.evals if name not in metrics]
+        if done.exists() and not todo:
             console.print(f"[dim][{i}/{total}] {cell.name}, seed {seed}: done[/]")
             continue
-        console.rule(f"[{i}/{total}] {cell.name}, seed {seed}")
+        console.rule(f"[{i}/{total}] {cell.name}, seed {seed}" + (f": evaluating {', '.join(todo)}" if metrics else ""))
         ckpt = latest_checkpoint(run_dir)
         unfinished = ckpt is None or int(ckpt.name.split("_")[1]) < cfg.train.steps
         if unfinished and train(cfg, run_dir, resume=ckpt is not None, console=console).interrupted:
             raise StudyStopped(f"SIGTERM: stopped during {run_dir} (checkpointed); rerun the study to continue")
-        metrics = {name: EVALS[name](run_dir, **params, progress=False) for name, params in spec.evals.items()}
+        for name in todo:
+            params = {k: with_pretrained(v, pretrained) for k, v in spec.evals[name].items()}
+            metrics[name] = EVALS[name](run_dir, **params, progress=False)
         atomic_write_json(done, {"cell": dict(cell.labels), "seed": seed, "metrics": metrics})
     aggregate(out, spec, cells, console)
     return out
 
 
-def metric_value(metrics: dict, name: str) -> float:
+def metric_value(metrics: dict, name: str) -> float | None:
+    """The metric, or None where the evaluation does not produce it for this run (e.g. no
+    language-for-vision numbers for a model without a masked-region head)."""
     ev, key = name.split(".", 1)
-    return float(metrics[ev][key])
+    value = metrics.get(ev, {}).get(key)
+    return None if value is None else float(value)
 
 
 def aggregate(out: Path, spec: StudySpec, cells: list[Cell] | None = None, console: Console | None = None) -> dict:
@@ -145,7 +154,7 @@ def aggregate(out: Path, spec: StudySpec, cells: list[Cell] | None = None, conso
                 per_seed.append(json.loads(f.read_text())["metrics"])
         row = {"cell": dict(cell.labels), "name": cell.name, "seeds": len(per_seed), "metrics": {}}
         for m in spec.metrics:
-            values = [metric_value(r, m) for r in per_seed]
+            values = [v for r in per_seed if (v := metric_value(r, m)) is not None]
             if values:
                 mean, ci = mean_ci95(values)
                 row["metrics"][m] = {"mean": mean, "ci95": ci, "values": values}

@@ -18,6 +18,7 @@ metrics: [retrieval.t2i_r1, retrieval.i2t_r1]
 pretrain:                             # runs trained once, before the grid; cells name one as {pretrain.NAME}
   d2v: {base: ../runs/data2vec-image-text.yaml, set: [train.steps=600]}
 # ... and then, e.g.:  axes: {init: {random: {}, data2vec: {train.init_from: "{pretrain.d2v}"}}}
+# (eval parameters may name one too: evals: {ablation: {baseline: "{pretrain.text_only}"}})
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class StudySpec(Strict):
             if m.split(".", 1)[0] not in self.evals or "." not in m:
                 raise ValueError(f"metrics: {m!r} must be <eval>.<metric> with <eval> one of {list(self.evals)}")
         values = [*self.set, *(str(v) for labels in self.axes.values() for ov in labels.values() for v in ov.values())]
+        values += [str(v) for params in self.evals.values() for v in params.values()]
         for name in {n for v in values for n in PRETRAIN_REF.findall(v)}:
             if name not in self.pretrain:
                 raise ValueError(f"{{pretrain.{name}}} is used but pretrain has no run {name!r}")
@@ -149,12 +151,19 @@ def expand(spec: StudySpec) -> list[Cell]:
     return cells
 
 
+def with_pretrained(value: Any, pretrained: dict[str, Path]) -> Any:
+    """`value` with every {pretrain.NAME} replaced by that run's directory (strings only)."""
+    if not isinstance(value, str):
+        return value
+    return PRETRAIN_REF.sub(lambda m: str(pretrained[m.group(1)]), value)
+
+
 def cell_config(spec: StudySpec, base: Path, cell: Cell, seed: int, pretrained: dict[str, Path] | None = None):
     """The validated run config of one cell and seed (raises ConfigError naming the cell).
     `pretrained` maps pretraining run names to their directories, for {pretrain.NAME}."""
     overrides = [*spec.set, *cell.overrides, f"seed={seed}"]
     if pretrained:
-        overrides = [PRETRAIN_REF.sub(lambda m: str(pretrained[m.group(1)]), o) for o in overrides]
+        overrides = [with_pretrained(o, pretrained) for o in overrides]
     try:
         return load_config(base, overrides)
     except ConfigError as e:
