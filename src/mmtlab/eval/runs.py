@@ -297,7 +297,7 @@ def eval_ablation(
         raise EvalError(f"{run_dir}: the ablation needs an MLM or an MRM head (outputs: {cfg.model.outputs})")
     records = load_split(cfg.data, split)
     export = Path(cfg.data.root) / EXPORT_DIR
-    with _entities_root(entities, export, records) as root:
+    with entities_root(entities, export, records) as root:
         found = load_entities(root, [Path(r.path).stem for r in records])
     where = str(entities or export) if entities or export.is_dir() else "a temporary export of the JSON's phrases"
     phrases, counts = ab.grounded_phrases(records, found)
@@ -341,7 +341,7 @@ def eval_ablation(
 
 
 @contextmanager
-def _entities_root(given: Path | None, default: Path, records):
+def entities_root(given: Path | None, default: Path, records):
     """The Flickr30k Entities root to read: `given`, else the dataset's export, else (a build made
     before the export existed) an export of the records' grounding into a temporary directory."""
     if given is not None:
