@@ -129,6 +129,19 @@ def test_build_exports_its_grounding_in_flickr30k_entities_format(tiny_data):
     assert n > 50
 
 
+def test_a_build_without_the_export_is_exported_on_the_fly(tiny_data, tmp_path):
+    from mmtlab.data.formats.karpathy import read_karpathy
+    from mmtlab.eval.runs import entities_root
+
+    records = read_karpathy(tiny_data / "dataset_emoji_scenes.json", split="val")
+    ids = [r.path.stem for r in records]
+    with entities_root(None, tmp_path / "missing", records) as root:
+        fresh = load_entities(root, ids)
+    built = load_entities(tiny_data / EXPORT_DIR, ids)
+    assert not fresh.skipped and fresh.images == built.images
+    assert not root.exists()  # a temporary export
+
+
 # ------------------------------------------------------------------------------------ alignment
 
 

@@ -190,7 +190,7 @@ class VisualInputs:
         self.text_only = source is None
         if not self.regions and not self.text_only:
             decodable = [i for i in range(len(records)) if source.get(i) is not None]
-            self.size = {i: _image_size(records[i].path) for i in decodable}
+            self.size = {i: image_size(records[i].path) for i in decodable}
             pixels = source.stack([source.get(i) for i in decodable])
             self.mean_patch = mean_patch_embedding(model, pixels, batch_size)
             self.grid = model.image_embed.grid
@@ -229,11 +229,15 @@ class VisualInputs:
             yield images
 
 
-def _image_size(path) -> tuple[int, int]:
+def image_size(path) -> tuple[int, int]:
+    """(width, height) from the file's header; (0, 0) when it cannot be read."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return im.size
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except OSError:
+        return (0, 0)
 
 
 def ablate_text(tokens: Tensor, mask: Tensor, inside: Tensor, ablation: str, text_cfg) -> Tensor:

@@ -331,7 +331,13 @@ def eval_ablation(
             base_model, base_model.tokenizer, phrases, ab.VisualInputs(base_model, None, records, alignment, threshold),
             batch_size=bs, n_bootstrap=bootstrap, seed=seed, progress=progress,
         )["vision_for_language"]  # fmt: skip
-        result["text_only_baseline"] = {"run": str(baseline), **base["none"]}
+        result["text_only_baseline"] = {
+            "run": str(baseline),
+            **base["none"],
+            "trained_text_only": base_cfg.data.text_only,  # else: a multimodal model run without its image
+            # bits per token compare across models only when both cut the phrases into the same tokens
+            "same_tokenizer": base_model.tokenizer.tok.get_vocab() == model.tokenizer.tok.get_vocab(),
+        }
     result.update(ab.summary(result))  # flat numbers for study tables: ablation.v4l_all, ...
     out = run_dir / "eval"
     atomic_write_json(out / "ablation.json", result)
@@ -356,25 +362,16 @@ def entities_root(given: Path | None, default: Path, records):
         raise EvalError(f"{default} is missing and the dataset's JSON has no phrases; pass --entities DIR")
     from mmtlab.data.emoji_scenes.build import export_flickr30k_entities
     from mmtlab.data.emoji_scenes.sprites import SpriteAtlas
+    from mmtlab.diagnostics.ablation import image_size
+
+    def as_dict(r) -> dict:
+        width, height = image_size(r.path)
+        keys = ("captions", "phrases", "boxes", "labels")
+        return {"filename": Path(r.path).name, "width": width, "height": height, **{k: getattr(r, k) for k in keys}}
 
     with tempfile.TemporaryDirectory(prefix="mmtlab-entities-") as tmp:
-        images = [
-            {"filename": Path(r.path).name, "captions": r.captions, "phrases": r.phrases, "boxes": r.boxes,
-             "labels": r.labels, **dict(zip(("width", "height"), _image_size(r.path)))}
-            for r in records
-        ]  # fmt: skip
-        export_flickr30k_entities(Path(tmp), images, SpriteAtlas.load().categories)
+        export_flickr30k_entities(Path(tmp), map(as_dict, records), SpriteAtlas.load().categories)
         yield Path(tmp)
-
-
-def _image_size(path) -> tuple[int, int]:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except OSError:
-        return (0, 0)
 
 
 EVALS: dict[str, Callable[..., dict]] = {
