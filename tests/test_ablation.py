@@ -140,6 +140,11 @@ def test_a_build_without_the_export_is_exported_on_the_fly(tiny_data, tmp_path):
     built = load_entities(tiny_data / EXPORT_DIR, ids)
     assert not fresh.skipped and fresh.images == built.images
     assert not root.exists()  # a temporary export
+    # The build exports the eval splits only; the pretrain split's grounding is exported when asked for.
+    pretrain = read_karpathy(tiny_data / "dataset_emoji_scenes.json", split="pretrain")[:20]
+    with entities_root(None, tiny_data / EXPORT_DIR, pretrain) as root:
+        assert root != tiny_data / EXPORT_DIR
+        assert len(load_entities(root, [r.path.stem for r in pretrain]).images) == 20
 
 
 # ------------------------------------------------------------------------------------ alignment

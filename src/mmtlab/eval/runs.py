@@ -299,7 +299,7 @@ def eval_ablation(
     export = Path(cfg.data.root) / EXPORT_DIR
     with entities_root(entities, export, records) as root:
         found = load_entities(root, [Path(r.path).stem for r in records])
-    where = str(entities or export) if entities or export.is_dir() else "a temporary export of the JSON's phrases"
+    where = str(entities or root) if entities or root == export else "a temporary export of the JSON's phrases"
     phrases, counts = ab.grounded_phrases(records, found)
     counts["images_with_unreadable_annotations"] = len(found.skipped)
     phrases = ab.subsample(phrases, max_phrases, seed)
@@ -349,13 +349,16 @@ def eval_ablation(
 @contextmanager
 def entities_root(given: Path | None, default: Path, records):
     """The Flickr30k Entities root to read: `given`, else the dataset's export, else (a build made
-    before the export existed) an export of the records' grounding into a temporary directory."""
+    before the export existed, or a split it does not export: pretrain) an export of the records'
+    grounding into a temporary directory."""
+    from mmtlab.data.formats.flickr30k_entities import SENTENCES
+
     if given is not None:
         if not Path(given).is_dir():
             raise EvalError(f"--entities: no directory at {given}")
         yield Path(given)
         return
-    if default.is_dir():
+    if any((default / SENTENCES / f"{Path(r.path).stem}.txt").exists() for r in records):
         yield default
         return
     if not any(r.phrases for r in records):
