@@ -412,7 +412,9 @@ def test_ablate_command_end_to_end(tiny_data, tmp_path):
     assert r["n_phrases"] == 40 and r["entities"].endswith(EXPORT_DIR)
     assert r["vision_for_language"]["n_tokens"] >= 40
     assert r["language_for_vision"]["n_phrases"] > 0 and r["language_for_vision"]["silver"] is not None
-    assert {"v4l_none", "v4l_object", "v4l_all", "l4v_none", "l4v_phrase", "l4v_all", "text_only"} <= set(r)
+    flat = {"v4l_none", "v4l_object", "v4l_all", "v4l_all_increase", "l4v_none", "l4v_phrase_increase", "text_only"}
+    assert flat <= set(r)
+    assert r["v4l_all_increase"] == pytest.approx(r["v4l_all"] - r["v4l_none"])
     assert (run / "eval" / "ablation.png").stat().st_size > 1000
     assert "language→vision" in (run / "eval" / "ablation.md").read_text()
     # The text-only model on its own: it reads no image, so the three conditions are one number.

@@ -39,6 +39,14 @@ def write_study(tmp_path, data, **extra):
     return path
 
 
+def test_a_metric_a_run_lacks_is_left_out_not_an_error():
+    from mmtlab.study.runner import metric_value
+
+    # e.g. language-for-vision numbers of a model without a masked-region head
+    assert metric_value({"ablation": {"v4l_none": 3}}, "ablation.l4v_none") is None
+    assert metric_value({"ablation": {"v4l_none": 3}}, "ablation.v4l_none") == 3.0
+
+
 def test_grid_expansion_and_exclusion(tmp_path, tiny_data):
     spec, base = load_study(write_study(tmp_path, tiny_data))
     cells = expand(spec)

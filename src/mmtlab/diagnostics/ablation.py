@@ -412,17 +412,20 @@ def run_ablation(
 
 
 def summary(result: dict) -> dict[str, float]:
-    """Flat numbers (study metrics): v4l_<none|object|all>, l4v_<none|phrase|all> (silver) and
-    l4v_gold_<...>, in bits; text_only when a baseline was evaluated."""
+    """Flat numbers (study metrics), in bits: v4l_<none|object|all>, l4v_<none|phrase|all> (silver)
+    and l4v_gold_<...>, each ablation's increase over none as <name>_increase; text_only when a
+    baseline was evaluated."""
     flat = {}
     v = result.get("vision_for_language")
     if v:
         flat.update({f"v4l_{a}": v[a]["bits"] for a in VISION_ABLATIONS})
+        flat.update({f"v4l_{a}_increase": v[f"{a}_minus_none"]["bits"] for a in VISION_ABLATIONS[1:]})
     lv = result.get("language_for_vision")
     if lv:
         for lab, prefix in (("silver", "l4v"), ("gold", "l4v_gold")):
             if lv[lab]:
                 flat.update({f"{prefix}_{a}": lv[lab][a]["bits"] for a in TEXT_ABLATIONS})
+                flat.update({f"{prefix}_{a}_increase": lv[lab][f"{a}_minus_none"]["bits"] for a in TEXT_ABLATIONS[1:]})
     base = result.get("text_only_baseline")
     if base:
         flat["text_only"] = base["bits"]
