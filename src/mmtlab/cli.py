@@ -351,7 +351,10 @@ def ablate(
     the detector's class distribution (silver, KL) and the annotated class (gold, cross-entropy).
 
     Higher loss after ablating = the model used what was ablated. Writes RUN_DIR/eval/ablation.json,
-    ablation.md (table) and ablation.png (bars with 95% bootstrap CIs)."""
+    ablation.md (table) and ablation.png (bars with 95% bootstrap CIs).
+
+    Example: mmtlab train configs/runs/hendricks-text-only.yaml --out runs/text-only, then
+    mmtlab ablate RUN_DIR --baseline runs/text-only --max-phrases 1000"""
     from mmtlab.diagnostics.ablation_report import ablation_rows
     from mmtlab.eval.runs import eval_ablation
 
