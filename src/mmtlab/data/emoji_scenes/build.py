@@ -383,6 +383,8 @@ def export_flickr30k_entities(out_dir: Path, images, categories: list[str], size
     for img in images:
         width, height = size or (img["width"], img["height"])
         phrases = img.get("phrases") or [[] for _ in img["captions"]]
+        boxes, labels = img["boxes"] or [], img["labels"]
+        types = [categories[k] for k in labels] if labels else ["other"] * len(boxes)  # Flickr30k's catch-all
         flickr30k_entities.write_image(
             out_dir,
             Path(img["filename"]).stem,
@@ -391,8 +393,8 @@ def export_flickr30k_entities(out_dir: Path, images, categories: list[str], size
             height=height,
             captions=img["captions"],
             phrases=phrases,
-            boxes=img["boxes"] or [],
-            types=[categories[label] for label in img["labels"] or []],
+            boxes=boxes,
+            types=types,
         )
         n += 1
     return n
