@@ -16,7 +16,11 @@ Entities files):
                        (bits) is measured with the text intact ("none"), the phrase's tokens
                        masked ("phrase") and every token masked ("all"). Two targets: the
                        detector's class distribution (KL, "silver", the labels models train on)
-                       and the annotated class (cross-entropy, "gold").
+                       and the annotated class (cross-entropy, "gold": the sprite of the
+                       annotated box the target region covers with IoU >= 0.5, the detector's own
+                       training criterion; targets covering none have no gold label). Comparing
+                       the two shows how much the detector's label noise moves the conclusion.
+                       Vision-for-language has no such choice: its targets are the caption's words.
 
 A region is aligned with a phrase when its overlap with any of the phrase's boxes exceeds a
 threshold; overlap is IoT (intersection over the annotated box, the paper's default) or IoU. If a
@@ -99,13 +103,6 @@ def align(region_boxes: Tensor, phrase_boxes: Tensor, method: str = "iot", thres
     if method not in OVERLAPS:
         raise ValueError(f"alignment {method!r}: choose one of {', '.join(OVERLAPS)}")
     return (OVERLAPS[method](region_boxes, phrase_boxes) > threshold).any(dim=1)
-
-
-def phrase_boxes_tensor(phrases: Sequence[GroundedPhrase]) -> tuple[Tensor, Tensor]:
-    """All boxes of the phrases [K, 4] and the phrase each belongs to [K]."""
-    boxes = torch.tensor([b for p in phrases for b in p.boxes], dtype=torch.float32)
-    owner = torch.tensor([i for i, p in enumerate(phrases) for _ in p.boxes], dtype=torch.long)
-    return boxes, owner
 
 
 def aligned_regions(
