@@ -23,6 +23,10 @@ from mmtlab.data.vqa import VQACollator, VQAPairs
 def training_modalities(cfg: RunConfig) -> str:
     """What one training item is: "pairs" (image + caption), or for a self-supervised model of one
     modality "images", "captions" or "speech"."""
+    if cfg.model.arch == "flamingo" or (cfg.model.arch == "lm" and cfg.data.interleaved):
+        return "documents"
+    if cfg.model.arch == "lm":
+        return "captions"
     if cfg.model.arch != "data2vec":
         return "pairs"
     mods = set(cfg.model.data2vec.modalities)
@@ -76,6 +80,8 @@ def training_dataset(cfg: RunConfig):
 
         spoken = load_spoken(cfg.data, cfg.data.speech_captions)
         return SpokenCaptions(spoken, cfg.data.speech_captions, cfg.model.speech.max_seconds, cfg.seed)
+    if kind == "documents":
+        return _documents(cfg)
     records = load_split(cfg.data, cfg.data.train_split)
     if kind == "images":
         from mmtlab.data.unimodal import ImagesOnly
@@ -93,6 +99,50 @@ def training_dataset(cfg: RunConfig):
     return ImageTextPairs(records, cfg.model.image.size, cfg.data.max_train_pairs, images=images)
 
 
+def _documents(cfg: RunConfig):
+    """The text of interleaved documents (a causal LM), or Flamingo's mixture of documents and
+    image-caption pairs (the pairs: one-chunk documents of the training split)."""
+    from mmtlab.data.interleaved import InterleavedDocuments, Mixture, pair_documents, read_documents
+
+    d = cfg.data
+    if cfg.model.arch == "lm":
+        return InterleavedDocuments(read_documents(d.interleaved)[0], 0, with_images=False)
+    size = cfg.model.flamingo.vision["image"]["size"] if cfg.model.flamingo.vision else cfg.model.image.size
+    weights = d.mixture or {"interleaved": 1.0}
+    datasets = {}
+    for name in weights:
+        docs = read_documents(d.interleaved)[0] if name == "interleaved" else None
+        if name == "pairs":
+            docs = pair_documents(load_split(d, d.train_split))
+        datasets[name] = InterleavedDocuments(
+            docs[: d.max_train_pairs] if d.max_train_pairs else docs, size, True, d.max_images
+        )
+    return Mixture(datasets, weights)
+
+
+def _mixture_batches(mix, cfg: RunConfig, tokenizer, start_sample: int, rank: int, world: int) -> Iterator:
+    """Micro-batches from each dataset in turn, each carrying its dataset's loss weight."""
+    loaders = []
+    for k, (name, ds) in enumerate(mix.datasets.items()):
+        sampler = ResumableSampler(
+            len(ds), cfg.seed + k, start=start_sample // len(mix.datasets), rank=rank, world=world
+        )
+        loader = DataLoader(
+            ds,
+            batch_size=cfg.train.batch_size // world,
+            sampler=sampler,
+            collate_fn=ds.collator(tokenizer),
+            num_workers=cfg.data.num_workers,
+            drop_last=True,
+        )
+        loaders.append((mix.weights[name], iter(loader)))
+    while True:
+        for weight, it in loaders:
+            batch = next(it)
+            batch.loss_weight = weight
+            yield batch
+
+
 def training_batches(
     dataset: ImageTextPairs | VQAPairs | ShardStream,
     cfg: RunConfig,
@@ -105,6 +155,8 @@ def training_batches(
     """Endless micro-batches of process `rank` of `world`; `start_sample` samples of the global
     stream are skipped (resume). `resume_state` is the checkpoint's state (a stream's readers)."""
     workers = cfg.data.num_workers
+    if hasattr(dataset, "weights"):  # a data.interleaved.Mixture
+        return _mixture_batches(dataset, cfg, tokenizer, start_sample, rank, world)
     if isinstance(dataset, ShardStream):
         return _stream_batches(dataset, cfg, tokenizer, start_sample, rank, world, resume_state or {})
     if hasattr(dataset, "collator"):  # single-modality items (data/unimodal.py)

@@ -147,6 +147,10 @@ def _train(
         torch.set_num_threads(cfg.train.threads)
     device = dp.device
 
+    if cfg.model.arch == "flamingo":
+        from mmtlab.models.flamingo import with_frozen_parts
+
+        cfg = with_frozen_parts(cfg)
     pairs = training_dataset(cfg)
     if dp.is_main:
         tok = prepare_tokenizer(cfg, run_dir, pairs.captions())
@@ -166,6 +170,13 @@ def _train(
     objectives = build_objectives(cfg).to(device)
     objectives.bind_data(pairs, tok)
     resuming = ckpt is not None and resume
+    if not resuming and hasattr(model, "load_frozen_runs"):  # Flamingo: the frozen vision encoder and LM
+        loaded = model.load_frozen_runs()
+        if dp.is_main:
+            console.print(
+                f"loaded {loaded} frozen tensors; {model.num_params(trainable_only=True):,} of "
+                f"{model.num_params():,} parameters train"
+            )
     if not resuming and cfg.train.init_from:
         loaded = init_from(cfg.train.init_from, model)
         if dp.is_main:
