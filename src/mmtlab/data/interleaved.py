@@ -278,6 +278,7 @@ class InterleavedDocuments(Dataset):
     def __init__(self, docs: Sequence[Document], image_size: int, with_images: bool = True, max_images: int = 8):
         self.docs, self.image_size, self.with_images, self.max_images = docs, image_size, with_images, max_images
         self.empty_captions = 0
+        self.corrupt_documents = 0  # unreadable shard lines skipped before (set by the reader's caller)
 
     def __len__(self) -> int:
         return len(self.docs)
@@ -341,6 +342,7 @@ class Mixture:
     def __init__(self, datasets: dict[str, Dataset], weights: dict[str, float]):
         self.datasets, self.weights = datasets, weights
         self.empty_captions = 0
+        self.corrupt_documents = 0
 
     def __len__(self) -> int:
         return sum(len(d) for d in self.datasets.values())

@@ -105,19 +105,21 @@ def _documents(cfg: RunConfig):
     from mmtlab.data.interleaved import InterleavedDocuments, Mixture, pair_documents, read_documents
 
     d = cfg.data
+    docs, corrupt = read_documents(d.interleaved) if d.interleaved else ([], 0)
     if cfg.model.arch == "lm":
-        return InterleavedDocuments(read_documents(d.interleaved)[0], 0, with_images=False)
-    size = cfg.model.flamingo.vision["image"]["size"] if cfg.model.flamingo.vision else cfg.model.image.size
+        dataset = InterleavedDocuments(docs, 0, with_images=False)
+        dataset.corrupt_documents = corrupt
+        return dataset
+    size = cfg.model.flamingo.vision["image"]["size"]
     weights = d.mixture or {"interleaved": 1.0}
     datasets = {}
     for name in weights:
-        docs = read_documents(d.interleaved)[0] if name == "interleaved" else None
-        if name == "pairs":
-            docs = pair_documents(load_split(d, d.train_split))
-        datasets[name] = InterleavedDocuments(
-            docs[: d.max_train_pairs] if d.max_train_pairs else docs, size, True, d.max_images
-        )
-    return Mixture(datasets, weights)
+        items = docs if name == "interleaved" else pair_documents(load_split(d, d.train_split))
+        items = items[: d.max_train_pairs] if d.max_train_pairs else items
+        datasets[name] = InterleavedDocuments(items, size, True, d.max_images)
+    mix = Mixture(datasets, weights)
+    mix.corrupt_documents = corrupt
+    return mix
 
 
 def _mixture_batches(mix, cfg: RunConfig, tokenizer, start_sample: int, rank: int, world: int) -> Iterator:

@@ -201,6 +201,10 @@ def _train(
     if start == 0:
         extra = {"processes": dp.world, "data_parallel": tcfg.data_parallel} if dp.distributed else {}
         size = {"train_pairs": len(pairs)} if hasattr(pairs, "__len__") else {}
+        if hasattr(pairs, "corrupt_documents"):  # interleaved shards: unreadable lines were skipped
+            extra["corrupt_documents"] = pairs.corrupt_documents
+        if model.num_params(trainable_only=True) < model.num_params():  # frozen parts (Flamingo)
+            extra["trainable_params"] = model.num_params(trainable_only=True)
         log.log(0, event="start", params=model.num_params(), **size, empty_captions=pairs.empty_captions, **extra)
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if tcfg.precision == "bf16" else contextlib.nullcontext()
