@@ -132,3 +132,25 @@ def test_cached_generation_matches_recomputation():
         a = model.generate(prompt, images, counts, max_new_tokens=6, method=method, use_cache=True)
         b = model.generate(prompt, images, counts, max_new_tokens=6, method=method, use_cache=False)
         assert torch.equal(a, b)
+
+
+def test_flamingo_config_mistakes_are_one_line_errors():
+    import pytest
+
+    from mmtlab.config import ConfigError, load_config
+
+    base = {
+        "data": {"interleaved": "docs", "mixture": {"interleaved": 1.0, "pairs": 0.5}},
+        "model": {"arch": "flamingo", "flamingo": {"vision_run": "v", "lm_run": "lm"}},
+        "objectives": {"caption": 1.0},
+        "train": {"grad_accum": 2},
+    }
+    assert load_config(base).model.layout == "flamingo"
+    with pytest.raises(ConfigError, match="train.grad_accum 3 must be a multiple of the 2 datasets"):
+        load_config(base, ["train.grad_accum=3"])
+    with pytest.raises(ConfigError, match="data.interleaved"):
+        load_config(base, ["data.interleaved=null"])
+    with pytest.raises(ConfigError, match="caption"):
+        load_config(base, ["objectives={contrastive: 1.0}"])
+    with pytest.raises(ConfigError, match="flamingo"):
+        load_config({**base, "model": {"arch": "lm"}})

@@ -82,6 +82,8 @@ def test_flamingo_pipeline_from_the_command_line(tiny_data, tmp_path):
     assert not (flam["encoder.layers.0.streams.shared.cross_gate"] == 0).all()  # the gates trained
 
     out = invoke("eval", "fewshot", run, "--shots", "0,2", "--max-items", 6, "--beams", 2)
+    invoke("eval", "fewshot", run, "--shots", "2", "--max-items", 4, "--tasks", "vqa", "--blind")
+    assert json.loads((run / "eval" / "fewshot_blind.json").read_text())["blind"]
     assert "caption" in out and "classify" in out
     result = json.loads((run / "eval" / "fewshot.json").read_text())
     assert set(result["vqa"]["scores"]) == {"0", "2"}

@@ -284,6 +284,9 @@ def eval_fewshot(
     max_items: Annotated[int, typer.Option(help="queries per task (the first N of the split)")] = 200,
     beams: Annotated[int, typer.Option(help="beam size")] = 3,
     seed: Annotated[int, typer.Option(help="seed of the demonstration draws")] = 0,
+    blind: Annotated[
+        bool, typer.Option(help="control: close every tanh gate (the frozen LM, no vision) -> fewshot_blind.json")
+    ] = False,
 ):
     """In-context few-shot captioning (CIDEr), VQA and classification (exact match) with k
     demonstrations from the support split; 0 shots = two text-only demonstrations, as in the
@@ -299,8 +302,9 @@ def eval_fewshot(
     bad = [t for t in names if t not in TASKS]
     if bad or any(k < 0 for k in ks):
         raise UserError(f"--tasks {bad} unknown (choose {', '.join(TASKS)})" if bad else "--shots must be >= 0")
-    r = run_fewshot(run_dir, split, support, data, ks, names, max_items, beams, seed)
-    table = Table(title=f"few-shot in context on {split} (demonstrations from {support}, beam {beams})")
+    r = run_fewshot(run_dir, split, support, data, ks, names, max_items, beams, seed, blind=blind)
+    control = ", gates closed: no vision" if blind else ""
+    table = Table(title=f"few-shot in context on {split} (demonstrations from {support}, beam {beams}{control})")
     table.add_column("task")
     table.add_column("metric")
     for k in ks:
@@ -308,7 +312,8 @@ def eval_fewshot(
     for t in names:
         table.add_row(f"{t} (n={r[t]['n']})", r[t]["metric"], *(f"{r[t]['scores'][k]:.1f}" for k in ks))
     console.print(table)
-    console.print(f"wrote {run_dir / 'eval' / 'fewshot.json'} and fewshot.png")
+    name = "fewshot_blind" if blind else "fewshot"
+    console.print(f"wrote {run_dir / 'eval' / name}.json and {name}.png")
 
 
 @app.command()

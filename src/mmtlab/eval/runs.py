@@ -205,9 +205,11 @@ def eval_fewshot(
     num_beams: int = 3,
     seed: int = 0,
     progress: bool = True,
+    blind: bool = False,
 ) -> dict:
     """Few-shot in-context captioning, VQA and classification (eval/fewshot.py) ->
-    eval/fewshot.json and eval/fewshot.png (score vs shots)."""
+    eval/fewshot.json and eval/fewshot.png (score vs shots). `blind`: the control without vision,
+    every tanh gate closed (the frozen LM with the trained <image> embedding) -> fewshot_blind.*"""
     from mmtlab.data.sources import load_split
     from mmtlab.eval.fewshot import evaluate_fewshot, plot_fewshot
 
@@ -221,9 +223,11 @@ def eval_fewshot(
         model, model.tokenizer, load_split(cfg.data, split), load_split(cfg.data, support),
         tasks=tasks, shots=shots, max_items=max_items, num_beams=num_beams, seed=seed, progress=progress,
     )  # fmt: skip
-    result = {"split": split, "support": support, "num_beams": num_beams, "seed": seed, **scores}
-    atomic_write_json(run_dir / "eval" / "fewshot.json", result)
-    plot_fewshot(scores, run_dir / "eval" / "fewshot.png", f"few-shot in context, {run_dir.name}")
+    result = {"split": split, "support": support, "num_beams": num_beams, "seed": seed, "blind": blind, **scores}
+    name = "fewshot_blind" if blind else "fewshot"
+    atomic_write_json(run_dir / "eval" / f"{name}.json", result)
+    what = "gates closed (no vision)" if blind else run_dir.name
+    plot_fewshot(scores, run_dir / "eval" / f"{name}.png", f"few-shot in context, {what}")
     return result
 
 
