@@ -77,6 +77,34 @@ def data_build(
     console.print(f"[green]emoji-scenes ready[/] in {out}: " + json.dumps(summary.get("counts", summary)))
 
 
+@data_app.command("interleaved")
+def data_interleaved(
+    data: Annotated[Path, typer.Option(help="an emoji-scenes build (Karpathy JSON with boxes and labels)")],
+    out: Annotated[Path, typer.Option(help="directory for the JSONL shards")],
+    docs: Annotated[int, typer.Option(help="number of documents")] = 20000,
+    max_chunks: Annotated[int, typer.Option(help="image-text chunks per document: 1 to N")] = 8,
+    split: Annotated[str, typer.Option(help="split whose images the documents use")] = "pretrain",
+    seed: Annotated[int, typer.Option(help="document seed")] = 0,
+):
+    """Interleaved image-text documents (captioning, VQA and classification chunks) from an
+    emoji-scenes build, as OBELICS-like JSONL shards:
+    {"images": [path, null, ...], "texts": [null, "output: ...", ...]}.
+
+    Flamingo trains on them (data.interleaved), and so does its LM (their text alone)."""
+    from mmtlab.config import DataConfig
+    from mmtlab.data.interleaved import build_documents, write_shards
+    from mmtlab.data.sources import load_split
+
+    if docs < 1 or max_chunks < 1:
+        raise UserError(f"--docs and --max-chunks must be at least 1 (got {docs}, {max_chunks})")
+    records = load_split(DataConfig(root=str(data)), split)
+    built = build_documents(records, docs, max_chunks, seed)
+    shards = write_shards(built, out)
+    n_images = sum(len(d.images) for d in built)
+    console.print(f"[green]wrote[/] {len(built)} documents ({n_images} images) in {len(shards)} shards to {out}")
+    console.print(f"example: {built[0].render()[:300]}", highlight=False)
+
+
 @app.command()
 def train(
     config: Annotated[Path | None, typer.Argument(help="run config YAML (optional with --resume)")] = None,
@@ -243,6 +271,49 @@ def eval_vqa(
     table.add_row("majority answer", "", *(f"{r['majority_answer'][t]:.1f}" for t in r["n_by_type"]), style="dim")
     console.print(table)
     console.print(f"wrote {run_dir / 'eval' / 'vqa.json'}")
+
+
+@eval_app.command("fewshot")
+def eval_fewshot(
+    run_dir: Annotated[Path, typer.Argument(help="a trained Flamingo run (model.arch flamingo)")],
+    split: Annotated[str, typer.Option(help="split the queries come from")] = "test",
+    support: Annotated[str, typer.Option(help="split the demonstrations are drawn from")] = "val",
+    data: Annotated[Path | None, typer.Option(help="evaluate on another dataset root")] = None,
+    shots: Annotated[str, typer.Option(help="comma-separated numbers of demonstrations")] = "0,4,8,16",
+    tasks: Annotated[str, typer.Option(help="comma-separated: caption, vqa, classify")] = "caption,vqa,classify",
+    max_items: Annotated[int, typer.Option(help="queries per task (the first N of the split)")] = 200,
+    beams: Annotated[int, typer.Option(help="beam size")] = 3,
+    seed: Annotated[int, typer.Option(help="seed of the demonstration draws")] = 0,
+    blind: Annotated[
+        bool, typer.Option(help="control: close every tanh gate (the frozen LM, no vision) -> fewshot_blind.json")
+    ] = False,
+):
+    """In-context few-shot captioning (CIDEr), VQA and classification (exact match) with k
+    demonstrations from the support split; 0 shots = two text-only demonstrations, as in the
+    Flamingo paper -> RUN_DIR/eval/fewshot.json and fewshot.png (score vs shots)."""
+    from mmtlab.eval.fewshot import TASKS
+    from mmtlab.eval.runs import eval_fewshot as run_fewshot
+
+    try:
+        ks = tuple(int(k) for k in shots.split(","))
+    except ValueError:
+        raise UserError(f"--shots {shots!r}: expected comma-separated integers, e.g. 0,4,8,16") from None
+    names = tuple(t.strip() for t in tasks.split(","))
+    bad = [t for t in names if t not in TASKS]
+    if bad or any(k < 0 for k in ks):
+        raise UserError(f"--tasks {bad} unknown (choose {', '.join(TASKS)})" if bad else "--shots must be >= 0")
+    r = run_fewshot(run_dir, split, support, data, ks, names, max_items, beams, seed, blind=blind)
+    control = ", gates closed: no vision" if blind else ""
+    table = Table(title=f"few-shot in context on {split} (demonstrations from {support}, beam {beams}{control})")
+    table.add_column("task")
+    table.add_column("metric")
+    for k in ks:
+        table.add_column(f"{k} shots", justify="right")
+    for t in names:
+        table.add_row(f"{t} (n={r[t]['n']})", r[t]["metric"], *(f"{r[t]['scores'][k]:.1f}" for k in ks))
+    console.print(table)
+    name = "fewshot_blind" if blind else "fewshot"
+    console.print(f"wrote {run_dir / 'eval' / name}.json and {name}.png")
 
 
 @app.command()

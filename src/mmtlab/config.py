@@ -62,6 +62,9 @@ class TextConfig(Strict):
 OutputHead = Literal["contrastive", "mlm", "mrm", "itm"]
 # Families with a text decoder (models/decoder.py); each has a layout preset of the same name.
 DECODER_ARCHS = ("mammut", "coca", "dual_captioner")
+# Families that predict the next token: the decoders, a text-only causal LM and Flamingo (a frozen
+# LM conditioned on interleaved images). Each has a layout preset of the same name.
+GENERATIVE_ARCHS = (*DECODER_ARCHS, "lm", "flamingo")
 Modality = Literal["image", "text", "speech"]
 
 
@@ -193,8 +196,21 @@ class Data2VecConfig(Strict):
         return self
 
 
+class FlamingoConfig(Strict):
+    """Flamingo: a frozen vision encoder and a frozen causal LM from earlier mmtlab runs, joined by
+    a perceiver resampler and gated cross-attention blocks (the only trained parts)."""
+
+    vision_run: str = Field(description="run dir of a contrastive dual encoder (modality_specific, patches)")
+    lm_run: str = Field(description="run dir of a causal LM (model.arch: lm); its tokenizer is used")
+    latents: int = Field(64, gt=0, description="perceiver resampler: learned latents (media tokens per image)")
+    resampler_depth: int = Field(2, gt=0, description="perceiver resampler: layers")
+    max_frames: int = Field(8, gt=0, description="perceiver resampler: learned time embeddings (video frames)")
+    cross_every: int = Field(1, gt=0, description="a gated cross-attention block before every N-th LM layer")
+    vision: dict[str, Any] | None = Field(None, description="the vision run's model config (filled in at training)")
+
+
 class ModelConfig(Strict):
-    arch: Literal["encoder", "mammut", "coca", "dual_captioner", "data2vec"] = Field(
+    arch: Literal["encoder", "mammut", "coca", "dual_captioner", "data2vec", "lm", "flamingo"] = Field(
         "encoder", description="model family (models/__init__.py: ARCHS)"
     )
     layout: Literal[
@@ -208,6 +224,8 @@ class ModelConfig(Strict):
         "mammut",
         "coca",
         "dual_captioner",
+        "lm",
+        "flamingo",
     ] = Field("modality_specific", description="attention layout preset; decoder families: the arch's own")
     layout_args: dict[str, Any] = Field(default_factory=dict, description="extra preset arguments, e.g. {k: 2}")
     width: int = Field(128, gt=0)
@@ -228,20 +246,23 @@ class ModelConfig(Strict):
     )
     speech: SpeechConfig | None = Field(None, description="speech front end (data2vec speech models)")
     data2vec: Data2VecConfig | None = Field(None, description="teacher-student settings (arch: data2vec)")
+    flamingo: FlamingoConfig | None = Field(None, description="frozen parts and new modules (arch: flamingo)")
 
     @model_validator(mode="before")
     @classmethod
     def _layout_of_family(cls, data):
-        if isinstance(data, dict) and data.get("arch") in DECODER_ARCHS and "layout" not in data:
+        if isinstance(data, dict) and data.get("arch") in GENERATIVE_ARCHS and "layout" not in data:
             data = {**data, "layout": data["arch"]}
         return data
 
     @model_validator(mode="after")
     def _family_layout(self):
-        if self.arch in DECODER_ARCHS and self.layout != self.arch:
+        if self.arch in GENERATIVE_ARCHS and self.layout != self.arch:
             raise ValueError(f"layout {self.layout!r} does not fit arch {self.arch!r} (use layout: {self.arch})")
-        if self.arch == "encoder" and self.layout in DECODER_ARCHS:
+        if self.arch == "encoder" and self.layout in GENERATIVE_ARCHS:
             raise ValueError(f"layout {self.layout!r} needs arch: {self.layout}")
+        if (self.arch == "flamingo") != (self.flamingo is not None):
+            raise ValueError("flamingo: the section is required by, and only used with, model.arch: flamingo")
         if self.caption_queries is not None and self.arch != "coca":
             raise ValueError("caption_queries applies to arch coca only")
         return self
@@ -342,6 +363,18 @@ class DataConfig(Strict):
     speech_captions: int | None = Field(
         None, gt=0, description="spoken captions to train on; more than the shipped set are rendered on first use"
     )
+
+    interleaved: str | None = Field(
+        None,
+        description="interleaved image-text documents: a directory of *.jsonl shards or one .jsonl file "
+        "(OBELICS-like {images, texts} or MMC4-like {text_list, image_info}); `mmtlab data interleaved` writes them",
+    )
+    mixture: dict[Literal["interleaved", "pairs"], float] | None = Field(
+        None,
+        description="flamingo: per-dataset loss weights, e.g. {interleaved: 1.0, pairs: 0.5}; every optimizer "
+        "step accumulates gradients over train.grad_accum micro-batches taken from the datasets in turn",
+    )
+    max_images: int = Field(8, gt=0, description="interleaved documents: images kept per document")
 
     @model_validator(mode="after")
     def _stream_fields(self):
@@ -449,9 +482,11 @@ class RunConfig(Strict):
         if not self.objectives:
             raise ValueError("objectives: at least one objective is needed (contrastive, mlm, caption, ...)")
         _check_objective_options(self)
-        decoder = self.model.arch in DECODER_ARCHS
+        decoder = self.model.arch in GENERATIVE_ARCHS
         if "caption" in self.objectives and not decoder:
-            raise ValueError(f"objectives.caption needs a text decoder: model.arch one of {', '.join(DECODER_ARCHS)}")
+            raise ValueError(
+                f"objectives.caption needs a text decoder: model.arch one of {', '.join(GENERATIVE_ARCHS)}"
+            )
         if "mlm" in self.objectives and decoder:
             raise ValueError(f"objectives.mlm needs model.arch encoder (got {self.model.arch}; use caption)")
         if self.data.task == "vqa" and not decoder:
@@ -473,6 +508,24 @@ class RunConfig(Strict):
             raise ValueError(
                 f"data.text_only trains on captions alone: objectives must be mlm only, got {sorted(self.objectives)}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _sequence_models(self):
+        arch, data = self.model.arch, self.data
+        if arch in ("lm", "flamingo") and set(self.objectives) != {"caption"}:
+            raise ValueError(f"objectives: model.arch {arch} trains with caption (next-token) only")
+        if data.mixture is not None:
+            if arch != "flamingo":
+                raise ValueError("data.mixture: only model.arch flamingo trains on a mixture of datasets")
+            if self.train.grad_accum % len(data.mixture):
+                raise ValueError(
+                    f"train.grad_accum {self.train.grad_accum} must be a multiple of the {len(data.mixture)} "
+                    "datasets in data.mixture (each step takes micro-batches from every dataset in turn)"
+                )
+        uses_docs = arch == "flamingo" and (data.mixture is None or "interleaved" in data.mixture)
+        if uses_docs and data.interleaved is None:
+            raise ValueError("data.interleaved: flamingo trains on interleaved documents; give their directory")
         return self
 
     @model_validator(mode="after")

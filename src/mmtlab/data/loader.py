@@ -22,8 +22,11 @@ from mmtlab.data.vqa import VQACollator, VQAPairs
 
 def training_modalities(cfg: RunConfig) -> str:
     """What one training item is: "pairs" (image + caption), or for a self-supervised model of one
-    modality "images", "captions" or "speech" (also "captions" for a text-only baseline)."""
-    if cfg.data.text_only:
+    modality "images", "captions" or "speech" (also "captions" for a text-only baseline), or
+    "documents" (interleaved image-text documents: Flamingo, or its LM on their text)."""
+    if cfg.model.arch == "flamingo" or (cfg.model.arch == "lm" and cfg.data.interleaved):
+        return "documents"
+    if cfg.data.text_only or cfg.model.arch == "lm":
         return "captions"
     if cfg.model.arch != "data2vec":
         return "pairs"
@@ -86,6 +89,8 @@ def training_dataset(cfg: RunConfig):
 
         spoken = load_spoken(cfg.data, cfg.data.speech_captions)
         return SpokenCaptions(spoken, cfg.data.speech_captions, cfg.model.speech.max_seconds, cfg.seed)
+    if kind == "documents":
+        return _documents(cfg)
     records = load_split(cfg.data, cfg.data.train_split)
     if kind == "images":
         from mmtlab.data.unimodal import ImagesOnly
@@ -103,6 +108,52 @@ def training_dataset(cfg: RunConfig):
     return ImageTextPairs(records, cfg.model.image.size, cfg.data.max_train_pairs, images=images)
 
 
+def _documents(cfg: RunConfig):
+    """The text of interleaved documents (a causal LM), or Flamingo's mixture of documents and
+    image-caption pairs (the pairs: one-chunk documents of the training split)."""
+    from mmtlab.data.interleaved import InterleavedDocuments, Mixture, pair_documents, read_documents
+
+    d = cfg.data
+    docs, corrupt = read_documents(d.interleaved) if d.interleaved else ([], 0)
+    if cfg.model.arch == "lm":
+        dataset = InterleavedDocuments(docs, 0, with_images=False)
+        dataset.corrupt_documents = corrupt
+        return dataset
+    size = cfg.model.flamingo.vision["image"]["size"]
+    weights = d.mixture or {"interleaved": 1.0}
+    datasets = {}
+    for name in weights:
+        items = docs if name == "interleaved" else pair_documents(load_split(d, d.train_split))
+        items = items[: d.max_train_pairs] if d.max_train_pairs else items
+        datasets[name] = InterleavedDocuments(items, size, True, d.max_images)
+    mix = Mixture(datasets, weights)
+    mix.corrupt_documents = corrupt
+    return mix
+
+
+def _mixture_batches(mix, cfg: RunConfig, tokenizer, start_sample: int, rank: int, world: int) -> Iterator:
+    """Micro-batches from each dataset in turn, each carrying its dataset's loss weight."""
+    loaders = []
+    for k, (name, ds) in enumerate(mix.datasets.items()):
+        sampler = ResumableSampler(
+            len(ds), cfg.seed + k, start=start_sample // len(mix.datasets), rank=rank, world=world
+        )
+        loader = DataLoader(
+            ds,
+            batch_size=cfg.train.batch_size // world,
+            sampler=sampler,
+            collate_fn=ds.collator(tokenizer),
+            num_workers=cfg.data.num_workers,
+            drop_last=True,
+        )
+        loaders.append((mix.weights[name], iter(loader)))
+    while True:
+        for weight, it in loaders:
+            batch = next(it)
+            batch.loss_weight = weight
+            yield batch
+
+
 def training_batches(
     dataset: ImageTextPairs | VQAPairs | ShardStream,
     cfg: RunConfig,
@@ -115,6 +166,8 @@ def training_batches(
     """Endless micro-batches of process `rank` of `world`; `start_sample` samples of the global
     stream are skipped (resume). `resume_state` is the checkpoint's state (a stream's readers)."""
     workers = cfg.data.num_workers
+    if hasattr(dataset, "weights"):  # a data.interleaved.Mixture
+        return _mixture_batches(dataset, cfg, tokenizer, start_sample, rank, world)
     if isinstance(dataset, ShardStream):
         return _stream_batches(dataset, cfg, tokenizer, start_sample, rank, world, resume_state or {})
     if hasattr(dataset, "collator"):  # single-modality items (data/unimodal.py)

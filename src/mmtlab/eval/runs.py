@@ -151,7 +151,9 @@ def eval_mlm(run_dir: Path, split: str = "test", data: Path | None = None, progr
 
 
 def _require_decoder(model, run_dir: Path, what: str):
-    if not hasattr(model, "generate"):
+    if model.cfg.arch == "flamingo":
+        raise EvalError(f"{run_dir}: a Flamingo run is evaluated in context: mmtlab eval fewshot {run_dir}")
+    if not hasattr(model, "generate") or model.cfg.arch == "lm":
         raise EvalError(
             f"{run_dir}: {what} needs a model with a text decoder (model.arch mammut, coca or dual_captioner), "
             f"this one is {model.cfg.arch!r}"
@@ -191,6 +193,43 @@ def eval_caption(
         ),
     }
     atomic_write_json(run_dir / "eval" / "caption.json", result)
+    return result
+
+
+def eval_fewshot(
+    run_dir: Path,
+    split: str = "test",
+    support: str = "val",
+    data: Path | None = None,
+    shots: tuple[int, ...] = (0, 4, 8, 16),
+    tasks: tuple[str, ...] = ("caption", "vqa", "classify"),
+    max_items: int | None = 200,
+    num_beams: int = 3,
+    seed: int = 0,
+    progress: bool = True,
+    blind: bool = False,
+) -> dict:
+    """Few-shot in-context captioning, VQA and classification (eval/fewshot.py) ->
+    eval/fewshot.json and eval/fewshot.png (score vs shots). `blind`: the control without vision,
+    every tanh gate closed (the frozen LM with the trained <image> embedding) -> fewshot_blind.*"""
+    from mmtlab.data.sources import load_split
+    from mmtlab.eval.fewshot import evaluate_fewshot, plot_fewshot
+
+    run_dir = Path(run_dir)
+    model, cfg = load_run(run_dir, data)
+    if cfg.model.arch != "flamingo":
+        raise EvalError(
+            f"{run_dir}: few-shot evaluation needs a Flamingo run (model.arch flamingo), not {cfg.model.arch!r}"
+        )
+    scores = evaluate_fewshot(
+        model, model.tokenizer, load_split(cfg.data, split), load_split(cfg.data, support),
+        tasks=tasks, shots=shots, max_items=max_items, num_beams=num_beams, seed=seed, progress=progress,
+    )  # fmt: skip
+    result = {"split": split, "support": support, "num_beams": num_beams, "seed": seed, "blind": blind, **scores}
+    name = "fewshot_blind" if blind else "fewshot"
+    atomic_write_json(run_dir / "eval" / f"{name}.json", result)
+    what = "gates closed (no vision)" if blind else run_dir.name
+    plot_fewshot(scores, run_dir / "eval" / f"{name}.png", f"few-shot in context, {what}")
     return result
 
 

@@ -6,16 +6,20 @@ from mmtlab.config import ModelConfig, RunConfig
 from mmtlab.models.coca import CoCa
 from mmtlab.models.data2vec import Data2Vec
 from mmtlab.models.dual_captioner import DualEncoderCaptioner
+from mmtlab.models.flamingo import Flamingo
 from mmtlab.models.fusion import PRESETS, FusionEncoder, LayerSpec, build_layout
+from mmtlab.models.lm import CausalLM
 from mmtlab.models.mammut import MaMMUT
 from mmtlab.models.model import MultimodalTransformer
 
 __all__ = [
     "ARCHS",
+    "CausalLM",
     "PRESETS",
     "CoCa",
     "Data2Vec",
     "DualEncoderCaptioner",
+    "Flamingo",
     "FusionEncoder",
     "LayerSpec",
     "MaMMUT",
@@ -33,6 +37,8 @@ ARCHS = {
     "coca": CoCa,
     "dual_captioner": DualEncoderCaptioner,
     "data2vec": Data2Vec,
+    "lm": CausalLM,
+    "flamingo": Flamingo,
 }
 
 

@@ -355,6 +355,27 @@ def dual_captioner(
     return vision_tower(vision_depth) + enc + dec
 
 
+def lm(depth: int) -> list[LayerSpec]:
+    """A GPT-style causal language model: causal text self-attention and an FFN per layer."""
+    return [LayerSpec(attend={TEXT: (TEXT,)}, causal_text=True, group="lm") for _ in range(depth)]
+
+
+def flamingo(depth: int, cross_every: int = 1) -> list[LayerSpec]:
+    """Flamingo (Alayrac et al. 2022): the `depth` layers of a frozen causal LM (`lm` above), with a
+    GATED XATTN-DENSE block before every `cross_every`-th one. A gated block has no self-attention:
+    text queries cross-attend to the resampled media tokens (the "image" stream; which image each
+    token may see is the cross-attention mask, models/flamingo.py), then an FFN; both residuals
+    are scaled by tanh(gate) with gates at 0, so at initialisation the model is the frozen LM."""
+    if cross_every < 1:
+        raise ValueError(f"flamingo layout needs cross_every >= 1, got {cross_every}")
+    layers = []
+    for i in range(depth):
+        if i % cross_every == 0:
+            layers.append(LayerSpec(attend={}, cross_attention="gated_tanh", group="gated"))
+        layers.append(LayerSpec(attend={TEXT: (TEXT,)}, causal_text=True, frozen=True, group="lm"))
+    return layers
+
+
 PRESETS: dict[str, Callable[..., list[LayerSpec]]] = {
     "merged": merged,
     "modality_specific": modality_specific,
@@ -366,6 +387,8 @@ PRESETS: dict[str, Callable[..., list[LayerSpec]]] = {
     "mammut": mammut,
     "coca": coca,
     "dual_captioner": dual_captioner,
+    "lm": lm,
+    "flamingo": flamingo,
 }
 
 

@@ -154,6 +154,9 @@ class StepContext:
     def caption(self) -> CaptionPass:
         """Decoder families: the generative pass (causal, cross-attention to the image)."""
         b = self.batch
+        if hasattr(self.model, "sequence_logits"):  # a causal LM or Flamingo: the batch holds all it reads
+            logits = self.model.sequence_logits(b)[:, :-1]
+            return CaptionPass(logits, next_token_labels(b.tokens, b.text_mask, getattr(b, "target_mask", None)))
         reuse = self.text_features if self.model.caption_continues_contrastive else None
         logits = self.model.caption_logits(self.image_tokens, b.tokens, text_features=reuse)[:, :-1]
         return CaptionPass(logits, next_token_labels(b.tokens, b.text_mask, b.target_mask))
@@ -309,7 +312,8 @@ class Objectives(nn.Module):
             value = self.losses[name](step)
             parts[name] = value.detach()
             total = total + self.weights[name] * value
-        return total, {name: parts[name] for name in self.losses}
+        # A dataset's weight in a mixture (Flamingo's per-dataset loss weights); 1 otherwise.
+        return total * getattr(batch, "loss_weight", 1.0), {name: parts[name] for name in self.losses}
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         """Called by the training loop after optimizer step `step` (1-based)."""

@@ -147,6 +147,10 @@ def _train(
         torch.set_num_threads(cfg.train.threads)
     device = dp.device
 
+    if cfg.model.arch == "flamingo":
+        from mmtlab.models.flamingo import with_frozen_parts
+
+        cfg = with_frozen_parts(cfg)
     pairs = training_dataset(cfg)
     if dp.is_main:
         tok = prepare_tokenizer(cfg, run_dir, pairs.captions())
@@ -166,6 +170,13 @@ def _train(
     objectives = build_objectives(cfg).to(device)
     objectives.bind_data(pairs, tok)
     resuming = ckpt is not None and resume
+    if not resuming and hasattr(model, "load_frozen_runs"):  # Flamingo: the frozen vision encoder and LM
+        loaded = model.load_frozen_runs()
+        if dp.is_main:
+            console.print(
+                f"loaded {loaded} frozen tensors; {model.num_params(trainable_only=True):,} of "
+                f"{model.num_params():,} parameters train"
+            )
     if not resuming and cfg.train.init_from:
         loaded = init_from(cfg.train.init_from, model)
         if dp.is_main:
@@ -190,6 +201,10 @@ def _train(
     if start == 0:
         extra = {"processes": dp.world, "data_parallel": tcfg.data_parallel} if dp.distributed else {}
         size = {"train_pairs": len(pairs)} if hasattr(pairs, "__len__") else {}
+        if hasattr(pairs, "corrupt_documents"):  # interleaved shards: unreadable lines were skipped
+            extra["corrupt_documents"] = pairs.corrupt_documents
+        if model.num_params(trainable_only=True) < model.num_params():  # frozen parts (Flamingo)
+            extra["trainable_params"] = model.num_params(trainable_only=True)
         log.log(0, event="start", params=model.num_params(), **size, empty_captions=pairs.empty_captions, **extra)
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if tcfg.precision == "bf16" else contextlib.nullcontext()

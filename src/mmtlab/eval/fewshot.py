@@ -1,0 +1,207 @@
+"""Few-shot in-context evaluation of Flamingo (Alayrac et al. 2022, Sec. 3 / Appendix B.1.5):
+captioning (CIDEr), VQA (exact-match accuracy) and classification (the largest sprite's name,
+exact match) with k demonstrations followed by the query, decoded with beam search.
+
+    k > 0   [CLS] <image> demo 1 [SEP] ... <image> demo k [SEP] <image> query prompt
+    k = 0   two text-only demonstrations (no images), then the query: the paper's zero-shot prompt
+
+Demonstrations come from a support split, drawn without replacement with a fixed seed. Prompts
+must be unpadded and equally long to decode together (models/generate.py), so queries are grouped
+by prompt length and each group of up to `batch_size` queries shares one draw of demonstrations
+(the paper draws per query; this keeps the estimate unbiased, with more variance between draws).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmtlab.data.interleaved import PROMPTS, Document, document_ids, largest_sprite, sprite_names
+from mmtlab.data.pairs import ImageCache, to_float
+from mmtlab.eval.captioning import caption_scores, normalize
+from mmtlab.progress import track
+
+TASKS = ("caption", "vqa", "classify")
+MAX_NEW_TOKENS = {"caption": 20, "vqa": 6, "classify": 8}
+ZERO_SHOT_TEXT_DEMOS = 2
+
+
+@dataclass(frozen=True)
+class Item:
+    record: int  # index into its split's records
+    prompt: str  # what the model continues
+    answers: tuple[str, ...]  # references (captions) or the one correct answer
+
+    def demo(self) -> str:
+        return f"{self.prompt} {self.answers[0]}"
+
+
+def task_items(task: str, records: Sequence, seed: int = 0) -> list[Item]:
+    """The evaluation items of `task` on `records` (query and support alike)."""
+    if task == "caption":
+        return [
+            Item(i, PROMPTS["caption"], tuple(c for c in r.captions if c and c.strip()))
+            for i, r in enumerate(records)
+            if any(c and c.strip() for c in r.captions)
+        ]
+    if task == "vqa":
+        from mmtlab.data.emoji_scenes.vqa import make_questions
+
+        return [Item(q.record, q.prompt, (q.answer,)) for q in make_questions(records, seed)]
+    if task == "classify":
+        names = sprite_names()
+        return [
+            Item(i, PROMPTS["classify"], (names[sid],))
+            for i, r in enumerate(records)
+            if (sid := largest_sprite(r)) is not None
+        ]
+    raise ValueError(f"unknown few-shot task {task!r}; choose from {', '.join(TASKS)}")
+
+
+@torch.no_grad()
+def answer(
+    model,
+    tokenizer,
+    task: str,
+    queries: Sequence[Item],
+    query_images: ImageCache,
+    support: Sequence[Item],
+    support_images: ImageCache,
+    shots: int,
+    *,
+    num_beams: int = 3,
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[str | None]:
+    """The model's continuation of every query's prompt after `shots` demonstrations; None where
+    an image could not be decoded."""
+    model.eval()
+    media_id, max_len = model.media_id, model.cfg.text.max_len
+    max_new = MAX_NEW_TOKENS[task]
+    groups: dict[int, list[int]] = defaultdict(list)
+    for qi, q in enumerate(queries):  # prompt length without demonstrations: equal within a group
+        groups[len(tokenizer.tok.encode(q.prompt, add_special_tokens=False).ids)].append(qi)
+    batches = [g[s : s + batch_size] for _, g in sorted(groups.items()) for s in range(0, len(g), batch_size)]
+    out: list[str | None] = [None] * len(queries)
+    for b, batch in enumerate(track(batches, f"{task}, {shots} shots", enabled=progress)):
+        rng = np.random.default_rng([seed, TASKS.index(task), shots, b])
+        n_demos = shots or ZERO_SHOT_TEXT_DEMOS
+        demos = [support[int(i)] for i in rng.choice(len(support), size=n_demos, replace=False)]
+        demo_images = [support_images.get(d.record) for d in demos] if shots else []
+        if any(im is None for im in demo_images):
+            continue
+        rows, images = [], []
+        for qi in batch:
+            q = queries[qi]
+            img = query_images.get(q.record)
+            if img is None:
+                continue
+            items: list[Path | str] = []
+            for d in demos:
+                items += ([Path("demo")] if shots else []) + [d.demo()]
+            items += [Path("query"), q.prompt]
+            ids, _ = document_ids(Document(items), tokenizer, media_id, max_len, len(items))
+            ids = ids[:-1]  # the query's prompt is continued, not closed with [SEP]
+            if len(ids) + max_new > max_len:
+                raise ValueError(
+                    f"a {shots}-shot {task} prompt of {len(ids)} tokens leaves no room under the LM's "
+                    f"max_len {max_len}; use fewer shots"
+                )
+            rows.append((qi, ids))
+            images += [*demo_images, img]
+        if not rows:
+            continue
+        prompt = torch.tensor([ids for _, ids in rows], dtype=torch.long)
+        counts = torch.full((len(rows),), len(demo_images) + 1, dtype=torch.long)
+        ids = model.generate(
+            prompt, to_float(torch.stack(images)), counts, max_new_tokens=max_new, method="beam", num_beams=num_beams
+        )
+        for (qi, _), row in zip(rows, ids):
+            out[qi] = tokenizer.decode(row[prompt.shape[1] :])
+    return out
+
+
+def score(task: str, queries: Sequence[Item], answers: Sequence[str | None]) -> float:
+    """CIDEr (x100) for captioning, exact-match accuracy (%) otherwise."""
+    done = [(q, a) for q, a in zip(queries, answers) if a is not None]
+    if not done:
+        raise ValueError(f"{task}: no query could be answered (undecodable images?)")
+    if task == "caption":
+        return caption_scores(
+            {i: a for i, (_, a) in enumerate(done)}, {i: list(q.answers) for i, (q, _) in enumerate(done)}
+        )["cider"]
+    return 100.0 * sum(normalize(a) == normalize(q.answers[0]) for q, a in done) / len(done)
+
+
+METRIC = {"caption": "CIDEr", "vqa": "accuracy %", "classify": "accuracy %"}
+
+
+def evaluate_fewshot(
+    model,
+    tokenizer,
+    query_records: Sequence,
+    support_records: Sequence,
+    *,
+    tasks: Sequence[str] = TASKS,
+    shots: Sequence[int] = (0, 4, 8, 16),
+    max_items: int | None = 200,
+    num_beams: int = 3,
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+    examples: int = 3,
+) -> dict:
+    """{task: {"metric", "n", "scores": {shots: value}, "examples"}} over the first `max_items`
+    queries of each task (the same queries for every number of shots)."""
+    size = model.image_size
+    query_images, support_images = ImageCache(query_records, size), ImageCache(support_records, size)
+    result = {}
+    for task in tasks:
+        queries = task_items(task, query_records, seed)[:max_items]
+        support = task_items(task, support_records, seed + 1)
+        r = {"metric": METRIC[task], "n": len(queries), "scores": {}, "examples": {}}
+        for k in shots:
+            answers = answer(
+                model, tokenizer, task, queries, query_images, support, support_images, k,
+                num_beams=num_beams, batch_size=batch_size, seed=seed, progress=progress,
+            )  # fmt: skip
+            r["scores"][k] = score(task, queries, answers)
+            r["examples"][k] = [
+                {"prompt": q.prompt, "predicted": a, "reference": q.answers[0]}
+                for q, a in list(zip(queries, answers))[:examples]
+            ]
+        result[task] = r
+    return result
+
+
+def plot_fewshot(result: dict, path: Path, title: str = "") -> Path:
+    """Score vs number of shots, one panel per task (metrics differ in scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in TASKS if t in result]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        scores = result[task]["scores"]
+        ks = sorted(int(k) for k in scores)
+        ax.plot(ks, [scores[k] if k in scores else scores[str(k)] for k in ks], marker="o")
+        ax.set_xticks(ks)
+        ax.set_xlabel("shots (0: two text-only demonstrations)")
+        ax.set_ylabel(result[task]["metric"])
+        ax.set_title(f"{task} (n={result[task]['n']})")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,68 @@
+"""A causal language model (GPT-style): token + position embeddings, causal text layers (layout
+`fusion.lm`), a final norm and an output layer tied to the token embedding.
+
+It is Flamingo's frozen LM: `mmtlab train configs/runs/lm.yaml` trains one on the text of the
+interleaved documents, and models/flamingo.py loads its weights into the LM layers of its own
+layout (same parameter names, other layer indices).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmtlab.config import ModelConfig
+from mmtlab.models.fusion import FusionEncoder, build_layout
+from mmtlab.models.generate import generate
+from mmtlab.models.layers import KVCache
+from mmtlab.models.model import _init_weights
+from mmtlab.models.text import TextEmbedding
+
+
+class CausalLM(nn.Module):
+    contrastive = None  # the training loop asks every family for these heads
+    mlm = None
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.text.vocab_size is None:
+            raise ValueError("model.text.vocab_size is not set (it comes from the tokenizer)")
+        self.cfg = cfg
+        self.text_embed = TextEmbedding(cfg.text.vocab_size, cfg.width, cfg.text.max_len)
+        self.layout = build_layout(cfg.layout, cfg.depth, **cfg.layout_args)
+        self.encoder = FusionEncoder(self.layout, cfg.width, cfg.heads, cfg.mlp_ratio, cfg.dropout)
+        self.norm = nn.LayerNorm(cfg.width)
+        self.apply(_init_weights)
+        for name, p in self.named_parameters():  # GPT-2 residual scaling, as in model.py
+            if name.endswith(("attn.proj.weight", "mlp.fc2.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * max(1, len(self.layout))))
+
+    def lm_logits(self, states: Tensor) -> Tensor:
+        return F.linear(self.norm(states), self.text_embed.tok.weight)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Next-token logits [B, L, V]. Right padding needs no mask: causal queries never see it."""
+        h = self.encoder({"text": self.text_embed(tokens)}, causal_text=True)["text"]
+        return self.lm_logits(h)
+
+    def sequence_logits(self, batch) -> Tensor:
+        """The caption objective's pass (objectives.StepContext.caption)."""
+        return self(batch.tokens)
+
+    def decode(self, context, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
+        """A models/generate.py step (no context)."""
+        offset = 0 if cache is None else cache.length
+        h = self.encoder({"text": self.text_embed(tokens, offset)}, causal_text=True, cache=cache)["text"]
+        if cache is not None:
+            cache.length += tokens.shape[1]
+        return self.lm_logits(h)
+
+    def generate(self, prompt: Tensor, *, max_new_tokens: int = 32, **kwargs) -> Tensor:
+        t = self.cfg.text
+        max_new = min(max_new_tokens, t.max_len - prompt.shape[1])
+        return generate(self.decode, None, prompt, max_new_tokens=max_new, eos_id=t.sep_id, pad_id=t.pad_id, **kwargs)
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

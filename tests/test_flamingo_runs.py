@@ -1,0 +1,92 @@
+"""Flamingo end to end on tiny runs: interleaved shards, a causal LM, a dual encoder, Flamingo on
+a weighted mixture, few-shot evaluation; and the interleaved readers on both public layouts."""
+
+import json
+
+import yaml
+from conftest import tiny_run_config
+from typer.testing import CliRunner
+
+import mmtlab
+from mmtlab.cli import app
+from mmtlab.data.interleaved import Document, read_documents
+from mmtlab.train.checkpoint import latest_checkpoint
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def write(path, raw):
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_interleaved_shards_in_both_layouts_and_corrupt_lines(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    lines = [
+        {"images": ["a.png", None, "/abs/b.png", None], "texts": [None, "one", None, "two"]},
+        {"text_list": ["intro", "about a"], "image_info": [{"image_name": "a.png", "matched_text_index": 1}]},
+        {"images": ["a.png"], "texts": ["both set"]},  # corrupt: a position with image and text
+        {"something": "else"},  # corrupt: neither layout
+    ]
+    (tmp_path / "docs-0.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n")
+    docs, corrupt = read_documents(tmp_path)
+    assert corrupt == 3
+    a = tmp_path / "a.png"
+    assert docs[0].items == [a, "one", tmp_path / "/abs/b.png", "two"]
+    assert docs[1].items == ["intro", a, "about a"]  # MMC4: the image goes before its matched text
+    assert Document(docs[0].items).render() == "<image>one<|endofchunk|><image>two<|endofchunk|>"
+
+
+def test_flamingo_pipeline_from_the_command_line(tiny_data, tmp_path):
+    docs = tmp_path / "docs"
+    out = invoke("data", "interleaved", "--data", tiny_data, "--out", docs, "--docs", 60, "--max-chunks", 4)
+    assert "60 documents" in out
+    vision = tmp_path / "vision"
+    invoke("train", write(tmp_path / "v.yaml", tiny_run_config(tiny_data, steps=2)), "--out", vision)
+
+    lm_raw = tiny_run_config(tiny_data, steps=4)
+    lm_raw["data"]["interleaved"] = str(docs)
+    lm_raw["model"] = {"arch": "lm", "width": 32, "depth": 2, "heads": 2, "text": {"max_len": 128}}
+    lm_raw["objectives"] = {"caption": 1.0}
+    lm = tmp_path / "lm"
+    invoke("train", write(tmp_path / "lm.yaml", lm_raw), "--out", lm)
+
+    fl_raw = tiny_run_config(tiny_data, steps=2, batch_size=4, grad_accum=2)
+    fl_raw["data"].update(interleaved=str(docs), mixture={"interleaved": 1.0, "pairs": 0.5}, max_images=3)
+    fl_raw["model"] = {"arch": "flamingo", "flamingo": {"vision_run": str(vision), "lm_run": str(lm), "latents": 4}}
+    fl_raw["objectives"] = {"caption": 1.0}
+    run = tmp_path / "flamingo"
+    invoke("train", write(tmp_path / "fl.yaml", fl_raw), "--out", run)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 2 and lines[-1]["loss"] > 0
+
+    # The frozen parts in the trained checkpoint are exactly the LM's and the vision encoder's.
+    from safetensors.torch import load_file
+
+    flam = load_file(latest_checkpoint(run) / "model.safetensors")
+    lm_w = load_file(latest_checkpoint(lm) / "model.safetensors")
+    v_w = load_file(latest_checkpoint(vision) / "model.safetensors")
+    assert (flam["text_embed.tok.weight"] == lm_w["text_embed.tok.weight"]).all()
+    assert (
+        flam["encoder.layers.1.streams.shared.attn.qkv.weight"]
+        == lm_w["encoder.layers.0.streams.shared.attn.qkv.weight"]
+    ).all()
+    assert (flam["vision.image_embed.proj.weight"] == v_w["image_embed.proj.weight"]).all()
+    assert (flam["vision.norm.weight"] == v_w["norm.image.weight"]).all()
+    assert not (flam["encoder.layers.0.streams.shared.cross_gate"] == 0).all()  # the gates trained
+
+    out = invoke("eval", "fewshot", run, "--shots", "0,2", "--max-items", 6, "--beams", 2)
+    invoke("eval", "fewshot", run, "--shots", "2", "--max-items", 4, "--tasks", "vqa", "--blind")
+    assert json.loads((run / "eval" / "fewshot_blind.json").read_text())["blind"]
+    assert "caption" in out and "classify" in out
+    result = json.loads((run / "eval" / "fewshot.json").read_text())
+    assert set(result["vqa"]["scores"]) == {"0", "2"}
+    assert (run / "eval" / "fewshot.png").stat().st_size > 0
+    model = mmtlab.load(run)
+    assert model.num_params(trainable_only=True) < model.num_params()
