@@ -14,6 +14,17 @@ def tiny_data(tmp_path_factory):
     return out
 
 
+def invoke(*args) -> str:
+    """Run `mmtlab ARGS...` in-process; it must succeed. Returns what it printed."""
+    from typer.testing import CliRunner
+
+    from mmtlab.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
 def tiny_run_config(data_root, **train):
     """A run config small enough to train in a second or two."""
     return {

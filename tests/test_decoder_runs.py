@@ -6,19 +6,13 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import tiny_run_config
+from conftest import invoke, tiny_run_config
 from typer.testing import CliRunner
 
 import mmtlab
 from mmtlab.cli import app
 
-runner = CliRunner()
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
+runner = CliRunner()  # for the runs that must fail; conftest.invoke for those that must not
 
 
 def decoder_config(data_root, arch="mammut", **train):

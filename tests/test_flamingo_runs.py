@@ -4,21 +4,11 @@ a weighted mixture, few-shot evaluation; and the interleaved readers on both pub
 import json
 
 import yaml
-from conftest import tiny_run_config
-from typer.testing import CliRunner
+from conftest import invoke, tiny_run_config
 
 import mmtlab
-from mmtlab.cli import app
 from mmtlab.data.interleaved import Document, read_documents
 from mmtlab.train.checkpoint import latest_checkpoint
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 def write(path, raw):
