@@ -8,7 +8,7 @@ from conftest import tiny_run_config
 from mmtlab.config import ConfigError
 from mmtlab.study import expand, load_study, mean_ci95, run_study
 from mmtlab.study.report import write_study_report
-from mmtlab.study.runner import StudyStopped
+from mmtlab.study.runner import StudyStopped, format_mean_ci
 
 
 def test_mean_ci95_matches_t_formula():
@@ -16,6 +16,13 @@ def test_mean_ci95_matches_t_formula():
     assert mean == 2.0
     assert ci == pytest.approx(4.303 * 1.0 / math.sqrt(3))
     assert mean_ci95([5.0]) == (5.0, None)  # one seed: no interval, not a zero-width one
+
+
+def test_table_cells_keep_small_effects_visible():
+    assert format_mean_ci({"mean": 14.64, "ci95": 2.31}) == "14.6 ± 2.3"
+    assert format_mean_ci({"mean": -0.02, "ci95": None}) == "-0.02"  # not "-0.0"
+    assert format_mean_ci({"mean": 0.5, "ci95": 0.1}, 1) == "0.5 ± 0.1"
+    assert format_mean_ci(None) == "–"
 
 
 def write_study(tmp_path, data, **extra):

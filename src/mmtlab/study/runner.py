@@ -171,10 +171,13 @@ def _short(metric: str) -> str:
     return metric.split(".", 1)[1]
 
 
-def format_mean_ci(v: dict | None, digits: int = 1) -> str:
-    """The mean ± CI of an aggregated metric; just the mean for one seed; "–" when missing."""
+def format_mean_ci(v: dict | None, digits: int | None = None) -> str:
+    """The mean ± CI of an aggregated metric; just the mean for one seed; "–" when missing.
+    Default digits: 1, or 2 for values under 1 (bits of an ablation effect, not "0.0" / "-0.0")."""
     if not v:
         return "–"
+    if digits is None:
+        digits = 1 if abs(v["mean"]) >= 1 else 2
     if v["ci95"] is None:
         return f"{v['mean']:.{digits}f}"
     return f"{v['mean']:.{digits}f} ± {v['ci95']:.{digits}f}"
