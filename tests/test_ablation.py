@@ -189,6 +189,38 @@ def test_patches_overlapping_a_box():
     assert two.nonzero().tolist() == [[0, 3], [3, 0]]  # rows are y, columns x
 
 
+def test_patch_ablation_follows_the_centre_crop(tmp_path):
+    """A 96x64 image is read as the 32x32 centre crop of its 48x32 resize: 8 px of the resize
+    (16 px of the original) are cut off on each side, and patches are 8 px of the crop."""
+    from PIL import Image
+
+    from mmtlab.data.pairs import ImageCache, load_image
+
+    path = tmp_path / "wide.png"
+    pixels = torch.zeros(64, 96, 3, dtype=torch.uint8)
+    pixels[16:48, 48:80] = 255  # a white object at (48, 16, 80, 48) in the original
+    Image.fromarray(pixels.numpy()).save(path)
+    crop = ab.boxes_in_crop([(48.0, 16.0, 80.0, 48.0)], 96, 64, 32)
+    assert crop.tolist() == [[16.0, 8.0, 32.0, 24.0]]
+    loaded = load_image(path, 32)[0]
+    assert (loaded[10:22, 18:30] == 255).all() and (loaded[:, :14] == 0).all()  # load_image agrees
+    model = tiny_model(patches=True)  # 32 px images, 8 px patches: a 4x4 grid
+    rec = type("Rec", (), {"path": path})()
+    inputs = ab.VisualInputs(model, ImageCache([rec], 32), [rec], "iot", 0.5)
+    # (70, 0, 90, 6) reaches into the cut-off right margin: only x in [70, 80) of it is seen, which
+    # is x in [27, 32) of the crop, the last patch column. A grid over the whole image (24 x 16 px
+    # cells) would also have ablated column 2.
+    phrases = [
+        ab.GroundedPhrase(0, "c", 0, 1, ((70.0, 0.0, 90.0, 6.0),)),
+        ab.GroundedPhrase(0, "c", 0, 1, ((0.0, 0.0, 14.0, 64.0),)),  # all of it cut off
+        ab.GroundedPhrase(0, "c", 0, 1, ((48.0, 16.0, 80.0, 48.0),)),
+    ]
+    _, where = inputs.batch(phrases)
+    assert where[0].nonzero().tolist() == [[0, 3]]
+    assert not where[1].any()
+    assert where[2].nonzero().tolist() == [[1, 2], [1, 3], [2, 2], [2, 3]]
+
+
 # ------------------------------------------------------------------------- replacement, models
 
 FEAT, CLASSES, VOCAB, MASK_ID = 8, 5, 50, 4

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from mmtlab.data.boxes import box_intersection, box_iot, box_iou
 from mmtlab.data.formats.flickr30k_entities import EntitiesSet
+from mmtlab.data.pairs import centre_crop
 from mmtlab.data.regions import Regions, RegionSet
 from mmtlab.progress import track
 
@@ -132,8 +133,17 @@ def overlapping_patches(grid: int, width: float, height: float, boxes: Sequence)
         torch.broadcast_tensors(x1[None, :], y1[:, None], x1[None, :] + width / grid, y1[:, None] + height / grid),
         dim=-1,
     ).reshape(-1, 4)
-    inter = box_intersection(cells, torch.tensor(boxes, dtype=torch.float32))
+    inter = box_intersection(cells, torch.as_tensor(boxes, dtype=torch.float32))
     return (inter > 0).any(dim=1).reshape(grid, grid)
+
+
+def boxes_in_crop(boxes: Sequence, width: int, height: int, size: int) -> Tensor:
+    """[N, 4] `boxes` (pixels of a width x height image) in the pixels of the size x size centre
+    crop the model reads (data/pairs.py: load_image); parts in the cropped-away margin fall outside
+    [0, size] and so overlap no patch."""
+    (w, h), (left, top) = centre_crop(width, height, size)
+    scale = torch.tensor([w / width, h / height, w / width, h / height])
+    return torch.tensor(boxes, dtype=torch.float32) * scale - torch.tensor([left, top, left, top], dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------------- replacement
@@ -208,7 +218,13 @@ class VisualInputs:
             regions = self.source.batch(idx)
             return regions, aligned_regions(regions, phrases, self.method, self.threshold)[0]
         pixels = self.source.stack([self.source.get(p.record) for p in phrases])
-        where = torch.stack([overlapping_patches(self.grid, *self.size[p.record], p.boxes) for p in phrases])
+        side = self.source.size  # the model reads a side x side centre crop of each image
+        where = torch.stack(
+            [
+                overlapping_patches(self.grid, side, side, boxes_in_crop(p.boxes, *self.size[p.record], side))
+                for p in phrases
+            ]
+        )
         return pixels, where
 
     @contextmanager
