@@ -402,6 +402,21 @@ def test_a_dual_encoder_text_stream_never_uses_the_image():
     assert lv["none"]["bits"] == lv["phrase"]["bits"] == lv["all"]["bits"]  # nor regions the text
 
 
+def test_phrases_without_tokens_are_dropped_in_both_directions():
+    """A phrase cut off by the caption length limit has no tokens: "phrase" would mask nothing."""
+    model, tok = tiny_model(), _WordTokenizer()
+    regions = random_regions(2)
+    box = (tuple(regions.boxes[0, 0].tolist()),)
+    kept = ab.GroundedPhrase(0, "a cat on a mat", 2, 5, box)
+    cut = ab.GroundedPhrase(0, "a cat on a mat", 40, 45, box)  # past the (truncated) caption's end
+    lv = ab.language_for_vision(model, tok, [kept, cut], region_inputs(model, regions).source, "iot", 0.5, 2, False)
+    assert not math.isnan(lv["silver_none"][0]) and math.isnan(lv["silver_none"][1])
+    r = ab.run_ablation(model, tok, [kept, cut], region_inputs(model, regions), n_bootstrap=10, progress=False)
+    assert r["vision_for_language"]["n_phrases"] == r["language_for_vision"]["n_phrases"] == 1
+    assert r["language_for_vision"]["phrases_truncated"] == 1
+    assert r["language_for_vision"]["phrases_without_aligned_region"] == 0
+
+
 def test_bootstrap_is_a_ratio_of_sums_with_paired_differences():
     import numpy as np
 

@@ -303,12 +303,14 @@ def language_for_vision(
     """Per phrase (all with an aligned region): the masked-region loss in bits at the target region
     per text ablation, against the detector's distribution (silver, KL) and the annotated class
     (gold, cross-entropy; NaN where the target region covers no annotated object the detector
-    knows). Also whether the detector's top class is the gold one."""
+    knows). NaN too for phrases without an aligned region or without tokens (cut off by the caption
+    length limit). Also whether the detector's top class is the gold one, and the token count."""
     t = model.cfg.text
     head = model.mrm
     n = len(phrases)
     out = {f"{lab}_{a}": np.full(n, np.nan) for lab in ("silver", "gold") for a in TEXT_ABLATIONS}
     out["detector_correct"] = np.full(n, np.nan)
+    out["tokens"] = np.zeros(n, dtype=np.int64)
     class_of_sprite = {int(s): c for c, s in enumerate(regions.class_sprite_ids.tolist()) if s >= 0}
     for s in track(range(0, n, batch_size), "language-for-vision", enabled=progress):
         chunk = phrases[s : s + batch_size]
@@ -322,7 +324,9 @@ def language_for_vision(
         detector = F.log_softmax(clean.detector_logits()[rows, target], dim=-1)
         gold_sprite = clean.gold[rows, target].tolist()
         gold = torch.tensor([class_of_sprite.get(g, -1) for g in gold_sprite], dtype=torch.long)
-        found = target >= 0  # phrases without an aligned region have no target
+        # Phrases without an aligned region have no target; phrases cut off by the caption length
+        # limit have no tokens, so "phrase" would mask nothing (vision-for-language drops them too).
+        found = (target >= 0) & inside.any(1)
         has_gold = found & (gold >= 0)
         for a in TEXT_ABLATIONS:
             text = ablate_text(tokens, mask, inside, a, t)
@@ -334,6 +338,7 @@ def language_for_vision(
             out[f"gold_{a}"][s : s + len(chunk)] = torch.where(has_gold, bits(ce), torch.nan).numpy()
         correct = (detector.argmax(-1) == gold).float()
         out["detector_correct"][s : s + len(chunk)] = torch.where(has_gold, correct, torch.nan).numpy()
+        out["tokens"][s : s + len(chunk)] = inside.sum(1).numpy()
     return out
 
 
@@ -401,10 +406,12 @@ def run_ablation(
         )  # fmt: skip
         have = ~np.isnan(lv["silver_none"])
         gold = have & ~np.isnan(lv["gold_none"])
+        truncated = lv["tokens"] == 0
         l4v = {
             "unit": "bits per masked region",
             "n_phrases": int(have.sum()),
-            "phrases_without_aligned_region": int((~have).sum()),
+            "phrases_without_aligned_region": int((~have & ~truncated).sum()),
+            "phrases_truncated": int(truncated.sum()),
             "silver": bootstrap({a: lv[f"silver_{a}"][have] for a in TEXT_ABLATIONS}, None, n_bootstrap, seed)
             if have.any()
             else None,
