@@ -462,6 +462,9 @@ def test_ablate_command_end_to_end(tiny_data, tmp_path):
     flat = {"v4l_none", "v4l_object", "v4l_all", "v4l_all_increase", "l4v_none", "l4v_phrase_increase", "text_only"}
     assert flat <= set(r)
     assert r["v4l_all_increase"] == pytest.approx(r["v4l_all"] - r["v4l_none"])
+    # The baseline is evaluated on the main model's phrases and reports its own count.
+    base = r["text_only_baseline"]
+    assert base["same_tokenizer"] and base["n_phrases"] == r["vision_for_language"]["n_phrases"]
     assert (run / "eval" / "ablation.png").stat().st_size > 1000
     assert "language→vision" in (run / "eval" / "ablation.md").read_text()
     # The text-only model on its own: it reads no image, so the three conditions are one number.
