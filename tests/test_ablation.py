@@ -402,6 +402,47 @@ def test_a_dual_encoder_text_stream_never_uses_the_image():
     assert lv["none"]["bits"] == lv["phrase"]["bits"] == lv["all"]["bits"]  # nor regions the text
 
 
+def test_language_for_vision_losses_match_a_reference_kl_and_cross_entropy():
+    """silver = KL(detector || model) and gold = cross-entropy to the annotated class, in bits, at
+    the target region with the aligned regions hidden as in MRM, recomputed here by hand."""
+    model, tok = tiny_model(), _WordTokenizer()
+    # Six disjoint 20x20 boxes: a phrase box equal to one of them aligns with that region only.
+    xy = torch.tensor([[x, y] for y in (0.0, 30.0) for x in (0.0, 22.0, 44.0)])
+    boxes = torch.cat([xy, xy + 20.0], -1)[None].repeat(2, 1, 1)
+    gold = torch.full((2, 6), -1)
+    gold[0, 4] = 3  # the target of the first phrase covers a sprite the detector knows (class 3)
+    regions = replace(random_regions(2), boxes=boxes, geometry=box_geometry(boxes, 64, 64), gold=gold)
+    inputs = region_inputs(model, regions)
+    caption = "a cat on a mat"
+    phrases = [
+        ab.GroundedPhrase(0, caption, 2, 5, (tuple(boxes[0, 4].tolist()),)),
+        ab.GroundedPhrase(1, caption, 9, 14, (tuple(boxes[1, 1].tolist()),)),
+    ]
+    got = ab.language_for_vision(model, tok, phrases, inputs.source, "iot", 0.5, 2, False)
+    head = model.mrm
+    for i, (p, target) in enumerate(zip(phrases, (4, 1))):
+        tokens, mask, inside = tok.with_spans([p.caption], [(p.start, p.end)])
+        words = torch.zeros_like(mask)
+        words[0, 1:-1] = True  # all but [CLS] and [SEP]
+        features = regions.features[i : i + 1].clone()
+        features[0, target] = 0.0
+        chosen = torch.zeros(1, 6, dtype=torch.bool)
+        chosen[0, target] = True
+        hidden = replace(regions[i : i + 1], features=features, masked=chosen)
+        detector = regions.features[i, target] @ regions.classifier_weight.T + regions.classifier_bias
+        for a, text in (("none", tokens), ("phrase", tokens.masked_fill(inside, MASK_ID)),
+                        ("all", tokens.masked_fill(words, MASK_ID))):  # fmt: skip
+            with torch.no_grad():
+                state = model(images=hidden, tokens=text, text_mask=mask)["image"][0, target + 1]
+                logp = F.log_softmax(head.classes(head.transform(state)), -1)
+            kl = F.kl_div(logp, F.log_softmax(detector, -1), log_target=True, reduction="sum")
+            assert got[f"silver_{a}"][i] == pytest.approx(float(kl) / math.log(2), rel=1e-5)
+            if i == 0:
+                assert got[f"gold_{a}"][0] == pytest.approx(-float(logp[3]) / math.log(2), rel=1e-5)
+    assert math.isnan(got["gold_none"][1])  # no annotated object under the second target
+    assert got["silver_none"][0] != got["silver_phrase"][0]  # the merged model reads the text
+
+
 def test_phrases_without_tokens_are_dropped_in_both_directions():
     """A phrase cut off by the caption length limit has no tokens: "phrase" would mask nothing."""
     model, tok = tiny_model(), _WordTokenizer()
