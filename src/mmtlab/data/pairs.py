@@ -49,6 +49,15 @@ def load_image(path: str | Path, size: int) -> Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
+def image_size(path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding; (0, 0) when it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except OSError:
+        return (0, 0)
+
+
 def to_float(images: Tensor) -> Tensor:
     """uint8 [0, 255] -> float [-1, 1]."""
     return images.float().div_(127.5).sub_(1.0)

@@ -45,8 +45,10 @@ from torch import Tensor
 
 from mmtlab.data.boxes import box_intersection, box_iot, box_iou
 from mmtlab.data.formats.flickr30k_entities import EntitiesSet
-from mmtlab.data.pairs import centre_crop
+from mmtlab.data.pairs import centre_crop, image_size
 from mmtlab.data.regions import Regions, RegionSet
+from mmtlab.objectives.mlm import special_token_ids
+from mmtlab.objectives.mrm import hide_regions, mrm_kl_loss
 from mmtlab.progress import track
 
 OVERLAPS = {"iot": box_iot, "iou": box_iou}
@@ -242,17 +244,6 @@ class VisualInputs:
             yield images
 
 
-def image_size(path) -> tuple[int, int]:
-    """(width, height) from the file's header; (0, 0) when it cannot be read."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except OSError:
-        return (0, 0)
-
-
 def ablate_text(tokens: Tensor, mask: Tensor, inside: Tensor, ablation: str, text_cfg) -> Tensor:
     """Token ids with nothing, the phrase (`inside` [B, L]) or every word replaced by [MASK];
     [CLS], [SEP] and padding stay, so only the caption's length survives "all"."""
@@ -261,7 +252,7 @@ def ablate_text(tokens: Tensor, mask: Tensor, inside: Tensor, ablation: str, tex
         return tokens
     if ablation == "phrase":
         return tokens.masked_fill(inside, t.mask_id)
-    words = mask & ~torch.isin(tokens, torch.tensor([t.pad_id, t.cls_id, t.sep_id, t.mask_id]))
+    words = mask & ~torch.isin(tokens, torch.tensor(special_token_ids(t)))
     return tokens.masked_fill(words, t.mask_id)
 
 
@@ -320,8 +311,8 @@ def language_for_vision(
         rows = torch.arange(len(chunk))
         # As in MRM pretraining (and the paper): every aligned region is hidden, not just the target,
         # so the target's features cannot be copied from an overlapping region.
-        hidden = replace(clean, features=clean.features.masked_fill(aligned[..., None], 0.0), masked=aligned)
-        detector = F.log_softmax(clean.detector_logits()[rows, target], dim=-1)
+        hidden = hide_regions(clean, aligned)
+        detector = clean.detector_logits()[rows, target]
         gold_sprite = clean.gold[rows, target].tolist()
         gold = torch.tensor([class_of_sprite.get(g, -1) for g in gold_sprite], dtype=torch.long)
         # Phrases without an aligned region have no target; phrases cut off by the caption length
@@ -331,9 +322,9 @@ def language_for_vision(
         for a in TEXT_ABLATIONS:
             text = ablate_text(tokens, mask, inside, a, t)
             states = model(images=hidden, tokens=text, text_mask=mask)["image"]
-            logp = F.log_softmax(head.classes(head.transform(states[rows, target + 1])).float(), dim=-1)
-            kl = (detector.exp() * (detector - logp)).sum(-1)
-            ce = -logp[rows, gold.clamp_min(0)]
+            logits = head.classes(head.transform(states[rows, target + 1]))
+            kl = mrm_kl_loss(logits, detector, reduction="none")
+            ce = F.cross_entropy(logits.float(), gold.clamp_min(0), reduction="none")
             out[f"silver_{a}"][s : s + len(chunk)] = torch.where(found, bits(kl), torch.nan).numpy()
             out[f"gold_{a}"][s : s + len(chunk)] = torch.where(has_gold, bits(ce), torch.nan).numpy()
         correct = (detector.argmax(-1) == gold).float()

@@ -407,7 +407,7 @@ def entities_root(given: Path | None, default: Path, records):
         raise EvalError(f"{default} is missing and the dataset's JSON has no phrases; pass --entities DIR")
     from mmtlab.data.emoji_scenes.build import export_flickr30k_entities
     from mmtlab.data.emoji_scenes.sprites import SpriteAtlas
-    from mmtlab.diagnostics.ablation import image_size
+    from mmtlab.data.pairs import image_size
 
     def as_dict(r) -> dict:
         width, height = image_size(r.path)
