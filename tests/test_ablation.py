@@ -189,6 +189,38 @@ def test_patches_overlapping_a_box():
     assert two.nonzero().tolist() == [[0, 3], [3, 0]]  # rows are y, columns x
 
 
+def test_patch_ablation_follows_the_centre_crop(tmp_path):
+    """A 96x64 image is read as the 32x32 centre crop of its 48x32 resize: 8 px of the resize
+    (16 px of the original) are cut off on each side, and patches are 8 px of the crop."""
+    from PIL import Image
+
+    from mmtlab.data.pairs import ImageCache, load_image
+
+    path = tmp_path / "wide.png"
+    pixels = torch.zeros(64, 96, 3, dtype=torch.uint8)
+    pixels[16:48, 48:80] = 255  # a white object at (48, 16, 80, 48) in the original
+    Image.fromarray(pixels.numpy()).save(path)
+    crop = ab.boxes_in_crop([(48.0, 16.0, 80.0, 48.0)], 96, 64, 32)
+    assert crop.tolist() == [[16.0, 8.0, 32.0, 24.0]]
+    loaded = load_image(path, 32)[0]
+    assert (loaded[10:22, 18:30] == 255).all() and (loaded[:, :14] == 0).all()  # load_image agrees
+    model = tiny_model(patches=True)  # 32 px images, 8 px patches: a 4x4 grid
+    rec = type("Rec", (), {"path": path})()
+    inputs = ab.VisualInputs(model, ImageCache([rec], 32), [rec], "iot", 0.5)
+    # (70, 0, 90, 6) reaches into the cut-off right margin: only x in [70, 80) of it is seen, which
+    # is x in [27, 32) of the crop, the last patch column. A grid over the whole image (24 x 16 px
+    # cells) would also have ablated column 2.
+    phrases = [
+        ab.GroundedPhrase(0, "c", 0, 1, ((70.0, 0.0, 90.0, 6.0),)),
+        ab.GroundedPhrase(0, "c", 0, 1, ((0.0, 0.0, 14.0, 64.0),)),  # all of it cut off
+        ab.GroundedPhrase(0, "c", 0, 1, ((48.0, 16.0, 80.0, 48.0),)),
+    ]
+    _, where = inputs.batch(phrases)
+    assert where[0].nonzero().tolist() == [[0, 3]]
+    assert not where[1].any()
+    assert where[2].nonzero().tolist() == [[1, 2], [1, 3], [2, 2], [2, 3]]
+
+
 # ------------------------------------------------------------------------- replacement, models
 
 FEAT, CLASSES, VOCAB, MASK_ID = 8, 5, 50, 4
@@ -370,6 +402,62 @@ def test_a_dual_encoder_text_stream_never_uses_the_image():
     assert lv["none"]["bits"] == lv["phrase"]["bits"] == lv["all"]["bits"]  # nor regions the text
 
 
+def test_language_for_vision_losses_match_a_reference_kl_and_cross_entropy():
+    """silver = KL(detector || model) and gold = cross-entropy to the annotated class, in bits, at
+    the target region with the aligned regions hidden as in MRM, recomputed here by hand."""
+    model, tok = tiny_model(), _WordTokenizer()
+    # Six disjoint 20x20 boxes: a phrase box equal to one of them aligns with that region only.
+    xy = torch.tensor([[x, y] for y in (0.0, 30.0) for x in (0.0, 22.0, 44.0)])
+    boxes = torch.cat([xy, xy + 20.0], -1)[None].repeat(2, 1, 1)
+    gold = torch.full((2, 6), -1)
+    gold[0, 4] = 3  # the target of the first phrase covers a sprite the detector knows (class 3)
+    regions = replace(random_regions(2), boxes=boxes, geometry=box_geometry(boxes, 64, 64), gold=gold)
+    inputs = region_inputs(model, regions)
+    caption = "a cat on a mat"
+    phrases = [
+        ab.GroundedPhrase(0, caption, 2, 5, (tuple(boxes[0, 4].tolist()),)),
+        ab.GroundedPhrase(1, caption, 9, 14, (tuple(boxes[1, 1].tolist()),)),
+    ]
+    got = ab.language_for_vision(model, tok, phrases, inputs.source, "iot", 0.5, 2, False)
+    head = model.mrm
+    for i, (p, target) in enumerate(zip(phrases, (4, 1))):
+        tokens, mask, inside = tok.with_spans([p.caption], [(p.start, p.end)])
+        words = torch.zeros_like(mask)
+        words[0, 1:-1] = True  # all but [CLS] and [SEP]
+        features = regions.features[i : i + 1].clone()
+        features[0, target] = 0.0
+        chosen = torch.zeros(1, 6, dtype=torch.bool)
+        chosen[0, target] = True
+        hidden = replace(regions[i : i + 1], features=features, masked=chosen)
+        detector = regions.features[i, target] @ regions.classifier_weight.T + regions.classifier_bias
+        for a, text in (("none", tokens), ("phrase", tokens.masked_fill(inside, MASK_ID)),
+                        ("all", tokens.masked_fill(words, MASK_ID))):  # fmt: skip
+            with torch.no_grad():
+                state = model(images=hidden, tokens=text, text_mask=mask)["image"][0, target + 1]
+                logp = F.log_softmax(head.classes(head.transform(state)), -1)
+            kl = F.kl_div(logp, F.log_softmax(detector, -1), log_target=True, reduction="sum")
+            assert got[f"silver_{a}"][i] == pytest.approx(float(kl) / math.log(2), rel=1e-5)
+            if i == 0:
+                assert got[f"gold_{a}"][0] == pytest.approx(-float(logp[3]) / math.log(2), rel=1e-5)
+    assert math.isnan(got["gold_none"][1])  # no annotated object under the second target
+    assert got["silver_none"][0] != got["silver_phrase"][0]  # the merged model reads the text
+
+
+def test_phrases_without_tokens_are_dropped_in_both_directions():
+    """A phrase cut off by the caption length limit has no tokens: "phrase" would mask nothing."""
+    model, tok = tiny_model(), _WordTokenizer()
+    regions = random_regions(2)
+    box = (tuple(regions.boxes[0, 0].tolist()),)
+    kept = ab.GroundedPhrase(0, "a cat on a mat", 2, 5, box)
+    cut = ab.GroundedPhrase(0, "a cat on a mat", 40, 45, box)  # past the (truncated) caption's end
+    lv = ab.language_for_vision(model, tok, [kept, cut], region_inputs(model, regions).source, "iot", 0.5, 2, False)
+    assert not math.isnan(lv["silver_none"][0]) and math.isnan(lv["silver_none"][1])
+    r = ab.run_ablation(model, tok, [kept, cut], region_inputs(model, regions), n_bootstrap=10, progress=False)
+    assert r["vision_for_language"]["n_phrases"] == r["language_for_vision"]["n_phrases"] == 1
+    assert r["language_for_vision"]["phrases_truncated"] == 1
+    assert r["language_for_vision"]["phrases_without_aligned_region"] == 0
+
+
 def test_bootstrap_is_a_ratio_of_sums_with_paired_differences():
     import numpy as np
 
@@ -415,6 +503,9 @@ def test_ablate_command_end_to_end(tiny_data, tmp_path):
     flat = {"v4l_none", "v4l_object", "v4l_all", "v4l_all_increase", "l4v_none", "l4v_phrase_increase", "text_only"}
     assert flat <= set(r)
     assert r["v4l_all_increase"] == pytest.approx(r["v4l_all"] - r["v4l_none"])
+    # The baseline is evaluated on the main model's phrases and reports its own count.
+    base = r["text_only_baseline"]
+    assert base["same_tokenizer"] and base["n_phrases"] == r["vision_for_language"]["n_phrases"]
     assert (run / "eval" / "ablation.png").stat().st_size > 1000
     assert "language→vision" in (run / "eval" / "ablation.md").read_text()
     # The text-only model on its own: it reads no image, so the three conditions are one number.

@@ -95,6 +95,8 @@ def test_mrm_losses_match_reference_formulas():
     logq = logits.numpy() - np.log(np.exp(logits.numpy()).sum(1, keepdims=True))
     kl = sum(sum(p_det[n, c] * (math.log(p_det[n, c]) - logq[n, c]) for c in range(CLASSES)) for n in range(4)) / 4
     assert mrm_kl_loss(logits, det).item() == pytest.approx(kl, rel=1e-6)
+    per_region = [sum(p_det[n, c] * (math.log(p_det[n, c]) - logq[n, c]) for c in range(CLASSES)) for n in range(4)]
+    assert mrm_kl_loss(logits, det, reduction="none").tolist() == pytest.approx(per_region, rel=1e-6)
     ce = -sum(logq[n, int(np.argmax(p_det[n]))] for n in range(4)) / 4
     assert mrm_cls_loss(logits, det).item() == pytest.approx(ce, rel=1e-6)
     pred, target = torch.randn(3, 7, generator=g), torch.randn(3, 7, generator=g) * 3

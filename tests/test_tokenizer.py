@@ -43,3 +43,24 @@ def test_bad_tokenizer_file(tmp_path):
         load_tokenizer(bad)
     with pytest.raises(FileNotFoundError):
         load_tokenizer(tmp_path / "none.json")
+
+
+def test_with_spans_marks_the_phrase_tokens_and_respects_truncation():
+    """The tokens flagged inside a character span decode to the phrase (word pieces and all); a
+    span cut off by max_len keeps only the tokens that survive, and [SEP] is never inside."""
+    caption = "a grinning face to the left of a red apple"
+    spans = [(0, 15), (33, 42), (19, 27)]  # "a grinning face", "red apple", "the left"
+    full = TextTokenizer(train_wordpiece(CAPTIONS, vocab_size=60), max_len=32)
+    ids, mask, inside = full.with_spans([caption] * 3, spans)
+    assert torch.equal(ids, full([caption] * 3)[0]) and torch.equal(mask, full([caption] * 3)[1])
+    pieces = [full.tok.id_to_token(int(t)) for t in ids[0, mask[0]]]
+    assert any(p.startswith("##") for p in pieces)  # the phrases span several word pieces
+    for row, (start, end) in enumerate(spans):
+        assert full.decode(ids[row][inside[row]]) == caption[start:end]
+    n = int(inside[2].nonzero()[-1])  # max_len cuts off the last piece of "the left" (for [SEP])
+    short = TextTokenizer(full.tok, max_len=n + 1)
+    ids, mask, inside = short.with_spans([caption] * 3, spans)
+    assert ids.shape[1] == n + 1 and (ids[:, -1] == short.sep_id).all()
+    assert full.decode(ids[0][inside[0]]) == "a grinning face"  # wholly inside the limit
+    assert not inside[1].any()  # "red apple" is cut off: no tokens
+    assert full.decode(ids[2][inside[2]]) == "the lef"

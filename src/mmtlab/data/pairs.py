@@ -22,6 +22,17 @@ class HasImageAndCaptions(Protocol):
     captions: list[str]
 
 
+def centre_crop(width: int, height: int, size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """What `load_image` does to a width x height image: the (width, height) it is resized to
+    (shorter side = `size`) and the (left, top) corner of the size x size crop it keeps. Boxes in
+    the original pixels are mapped into the crop with the same numbers (diagnostics/ablation.py)."""
+    if (width, height) == (size, size):
+        return (width, height), (0, 0)
+    s = size / min(width, height)
+    w, h = max(size, round(width * s)), max(size, round(height * s))
+    return (w, h), ((w - size) // 2, (h - size) // 2)
+
+
 def load_image(path: str | Path, size: int) -> Tensor:
     """Decode to uint8 [3, size, size]: shorter side resized to `size`, then centre crop.
 
@@ -29,15 +40,22 @@ def load_image(path: str | Path, size: int) -> Tensor:
     """
     with Image.open(path) as im:
         im = im.convert("RGB")
-        w, h = im.size
+        (w, h), (left, top) = centre_crop(*im.size, size)
+        if (w, h) != im.size:
+            im = im.resize((w, h), Image.BICUBIC)
         if (w, h) != (size, size):
-            s = size / min(w, h)
-            im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
-            w, h = im.size
-            left, top = (w - size) // 2, (h - size) // 2
             im = im.crop((left, top, left + size, top + size))
         arr = np.asarray(im, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def image_size(path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding; (0, 0) when it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except OSError:
+        return (0, 0)
 
 
 def to_float(images: Tensor) -> Tensor:

@@ -45,7 +45,10 @@ from torch import Tensor
 
 from mmtlab.data.boxes import box_intersection, box_iot, box_iou
 from mmtlab.data.formats.flickr30k_entities import EntitiesSet
+from mmtlab.data.pairs import centre_crop, image_size
 from mmtlab.data.regions import Regions, RegionSet
+from mmtlab.objectives.mlm import special_token_ids
+from mmtlab.objectives.mrm import hide_regions, mrm_kl_loss
 from mmtlab.progress import track
 
 OVERLAPS = {"iot": box_iot, "iou": box_iou}
@@ -132,8 +135,17 @@ def overlapping_patches(grid: int, width: float, height: float, boxes: Sequence)
         torch.broadcast_tensors(x1[None, :], y1[:, None], x1[None, :] + width / grid, y1[:, None] + height / grid),
         dim=-1,
     ).reshape(-1, 4)
-    inter = box_intersection(cells, torch.tensor(boxes, dtype=torch.float32))
+    inter = box_intersection(cells, torch.as_tensor(boxes, dtype=torch.float32))
     return (inter > 0).any(dim=1).reshape(grid, grid)
+
+
+def boxes_in_crop(boxes: Sequence, width: int, height: int, size: int) -> Tensor:
+    """[N, 4] `boxes` (pixels of a width x height image) in the pixels of the size x size centre
+    crop the model reads (data/pairs.py: load_image); parts in the cropped-away margin fall outside
+    [0, size] and so overlap no patch."""
+    (w, h), (left, top) = centre_crop(width, height, size)
+    scale = torch.tensor([w / width, h / height, w / width, h / height])
+    return torch.tensor(boxes, dtype=torch.float32) * scale - torch.tensor([left, top, left, top], dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------------- replacement
@@ -208,7 +220,13 @@ class VisualInputs:
             regions = self.source.batch(idx)
             return regions, aligned_regions(regions, phrases, self.method, self.threshold)[0]
         pixels = self.source.stack([self.source.get(p.record) for p in phrases])
-        where = torch.stack([overlapping_patches(self.grid, *self.size[p.record], p.boxes) for p in phrases])
+        side = self.source.size  # the model reads a side x side centre crop of each image
+        where = torch.stack(
+            [
+                overlapping_patches(self.grid, side, side, boxes_in_crop(p.boxes, *self.size[p.record], side))
+                for p in phrases
+            ]
+        )
         return pixels, where
 
     @contextmanager
@@ -226,17 +244,6 @@ class VisualInputs:
             yield images
 
 
-def image_size(path) -> tuple[int, int]:
-    """(width, height) from the file's header; (0, 0) when it cannot be read."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except OSError:
-        return (0, 0)
-
-
 def ablate_text(tokens: Tensor, mask: Tensor, inside: Tensor, ablation: str, text_cfg) -> Tensor:
     """Token ids with nothing, the phrase (`inside` [B, L]) or every word replaced by [MASK];
     [CLS], [SEP] and padding stay, so only the caption's length survives "all"."""
@@ -245,7 +252,7 @@ def ablate_text(tokens: Tensor, mask: Tensor, inside: Tensor, ablation: str, tex
         return tokens
     if ablation == "phrase":
         return tokens.masked_fill(inside, t.mask_id)
-    words = mask & ~torch.isin(tokens, torch.tensor([t.pad_id, t.cls_id, t.sep_id, t.mask_id]))
+    words = mask & ~torch.isin(tokens, torch.tensor(special_token_ids(t)))
     return tokens.masked_fill(words, t.mask_id)
 
 
@@ -287,12 +294,14 @@ def language_for_vision(
     """Per phrase (all with an aligned region): the masked-region loss in bits at the target region
     per text ablation, against the detector's distribution (silver, KL) and the annotated class
     (gold, cross-entropy; NaN where the target region covers no annotated object the detector
-    knows). Also whether the detector's top class is the gold one."""
+    knows). NaN too for phrases without an aligned region or without tokens (cut off by the caption
+    length limit). Also whether the detector's top class is the gold one, and the token count."""
     t = model.cfg.text
     head = model.mrm
     n = len(phrases)
     out = {f"{lab}_{a}": np.full(n, np.nan) for lab in ("silver", "gold") for a in TEXT_ABLATIONS}
     out["detector_correct"] = np.full(n, np.nan)
+    out["tokens"] = np.zeros(n, dtype=np.int64)
     class_of_sprite = {int(s): c for c, s in enumerate(regions.class_sprite_ids.tolist()) if s >= 0}
     for s in track(range(0, n, batch_size), "language-for-vision", enabled=progress):
         chunk = phrases[s : s + batch_size]
@@ -302,22 +311,25 @@ def language_for_vision(
         rows = torch.arange(len(chunk))
         # As in MRM pretraining (and the paper): every aligned region is hidden, not just the target,
         # so the target's features cannot be copied from an overlapping region.
-        hidden = replace(clean, features=clean.features.masked_fill(aligned[..., None], 0.0), masked=aligned)
-        detector = F.log_softmax(clean.detector_logits()[rows, target], dim=-1)
+        hidden = hide_regions(clean, aligned)
+        detector = clean.detector_logits()[rows, target]
         gold_sprite = clean.gold[rows, target].tolist()
         gold = torch.tensor([class_of_sprite.get(g, -1) for g in gold_sprite], dtype=torch.long)
-        found = target >= 0  # phrases without an aligned region have no target
+        # Phrases without an aligned region have no target; phrases cut off by the caption length
+        # limit have no tokens, so "phrase" would mask nothing (vision-for-language drops them too).
+        found = (target >= 0) & inside.any(1)
         has_gold = found & (gold >= 0)
         for a in TEXT_ABLATIONS:
             text = ablate_text(tokens, mask, inside, a, t)
             states = model(images=hidden, tokens=text, text_mask=mask)["image"]
-            logp = F.log_softmax(head.classes(head.transform(states[rows, target + 1])).float(), dim=-1)
-            kl = (detector.exp() * (detector - logp)).sum(-1)
-            ce = -logp[rows, gold.clamp_min(0)]
+            logits = head.classes(head.transform(states[rows, target + 1]))
+            kl = mrm_kl_loss(logits, detector, reduction="none")
+            ce = F.cross_entropy(logits.float(), gold.clamp_min(0), reduction="none")
             out[f"silver_{a}"][s : s + len(chunk)] = torch.where(found, bits(kl), torch.nan).numpy()
             out[f"gold_{a}"][s : s + len(chunk)] = torch.where(has_gold, bits(ce), torch.nan).numpy()
         correct = (detector.argmax(-1) == gold).float()
         out["detector_correct"][s : s + len(chunk)] = torch.where(has_gold, correct, torch.nan).numpy()
+        out["tokens"][s : s + len(chunk)] = inside.sum(1).numpy()
     return out
 
 
@@ -385,10 +397,12 @@ def run_ablation(
         )  # fmt: skip
         have = ~np.isnan(lv["silver_none"])
         gold = have & ~np.isnan(lv["gold_none"])
+        truncated = lv["tokens"] == 0
         l4v = {
             "unit": "bits per masked region",
             "n_phrases": int(have.sum()),
-            "phrases_without_aligned_region": int((~have).sum()),
+            "phrases_without_aligned_region": int((~have & ~truncated).sum()),
+            "phrases_truncated": int(truncated.sum()),
             "silver": bootstrap({a: lv[f"silver_{a}"][have] for a in TEXT_ABLATIONS}, None, n_bootstrap, seed)
             if have.any()
             else None,

@@ -24,7 +24,7 @@ def ablation_rows(result: dict) -> list[tuple[str, str, int, list[str]]]:
         rows.append(("vision→language (MLM)", v["unit"], v["n_phrases"], [_cell(v[a]) for a in VISION_ABLATIONS]))
     base = result.get("text_only_baseline")
     if base:
-        rows.append(("text-only model (MLM)", "bits per masked phrase token", v["n_phrases"] if v else 0,
+        rows.append(("text-only model (MLM)", "bits per masked phrase token", base["n_phrases"],
                      [_cell(base), "", ""]))  # fmt: skip
     lv = result.get("language_for_vision")
     if lv:

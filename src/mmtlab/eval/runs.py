@@ -366,13 +366,16 @@ def eval_ablation(
         base_model, base_cfg = load_run(Path(baseline), data)
         if base_model.mlm is None:
             raise EvalError(f"--baseline {baseline}: that model has no MLM head")
+        # The phrases the main model was evaluated on: those whose image decodes.
+        usable = [p for p in phrases if inputs.usable(p.record)]
         base = ab.run_ablation(
-            base_model, base_model.tokenizer, phrases, ab.VisualInputs(base_model, None, records, alignment, threshold),
+            base_model, base_model.tokenizer, usable, ab.VisualInputs(base_model, None, records, alignment, threshold),
             batch_size=bs, n_bootstrap=bootstrap, seed=seed, progress=progress,
         )["vision_for_language"]  # fmt: skip
         result["text_only_baseline"] = {
             "run": str(baseline),
             **base["none"],
+            "n_phrases": base["n_phrases"],  # its own tokenizer decides which phrases are cut off
             "trained_text_only": base_cfg.data.text_only,  # else: a multimodal model run without its image
             # bits per token compare across models only when both cut the phrases into the same tokens
             "same_tokenizer": base_model.tokenizer.tok.get_vocab() == model.tokenizer.tok.get_vocab(),
@@ -404,7 +407,7 @@ def entities_root(given: Path | None, default: Path, records):
         raise EvalError(f"{default} is missing and the dataset's JSON has no phrases; pass --entities DIR")
     from mmtlab.data.emoji_scenes.build import export_flickr30k_entities
     from mmtlab.data.emoji_scenes.sprites import SpriteAtlas
-    from mmtlab.diagnostics.ablation import image_size
+    from mmtlab.data.pairs import image_size
 
     def as_dict(r) -> dict:
         width, height = image_size(r.path)

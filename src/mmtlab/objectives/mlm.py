@@ -37,6 +37,12 @@ def mask_tokens(
     return inputs, labels
 
 
+def special_token_ids(text_cfg) -> tuple[int, ...]:
+    """The ids that are never a caption's word: [PAD], [CLS], [SEP], [MASK]."""
+    t = text_cfg
+    return (t.pad_id, t.cls_id, t.sep_id, t.mask_id)
+
+
 def mask_caption_tokens(
     tokens: Tensor, text_mask: Tensor, text_cfg, prob: float = 0.15, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -45,7 +51,7 @@ def mask_caption_tokens(
     return mask_tokens(
         tokens,
         text_mask,
-        special_ids=(t.pad_id, t.cls_id, t.sep_id, t.mask_id),
+        special_ids=special_token_ids(t),
         mask_id=t.mask_id,
         vocab_size=t.vocab_size,
         prob=prob,

@@ -29,8 +29,13 @@ def mask_regions(
     chosen = regions.mask & (u < prob)
     if eligible is not None:
         chosen = chosen & eligible[:, None]
-    features = regions.features.masked_fill(chosen[..., None], 0.0)
-    return replace(regions, features=features, masked=chosen), chosen
+    return hide_regions(regions, chosen), chosen
+
+
+def hide_regions(regions: Regions, chosen: Tensor) -> Regions:
+    """The regions with the features at `chosen` [B, R] zeroed and marked `.masked` (left out of
+    the global [IMG] mean; their boxes are kept), as MRM hides the regions it predicts."""
+    return replace(regions, features=regions.features.masked_fill(chosen[..., None], 0.0), masked=chosen)
 
 
 def mrm_cls_loss(logits: Tensor, detector_logits: Tensor) -> Tensor:
@@ -38,10 +43,15 @@ def mrm_cls_loss(logits: Tensor, detector_logits: Tensor) -> Tensor:
     return F.cross_entropy(logits.float(), detector_logits.argmax(-1))
 
 
-def mrm_kl_loss(logits: Tensor, detector_logits: Tensor) -> Tensor:
-    """Mean over regions of KL(p_detector || p_model), summed over classes."""
-    target = F.log_softmax(detector_logits.float(), -1)
-    return F.kl_div(F.log_softmax(logits.float(), -1), target, log_target=True, reduction="sum") / logits.shape[0]
+def mrm_kl_loss(logits: Tensor, detector_logits: Tensor, reduction: str = "mean") -> Tensor:
+    """KL(p_detector || p_model) summed over classes; both [N, C]. reduction "mean": averaged over
+    the N regions; "none": [N], one per region."""
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction {reduction!r}: choose mean or none")
+    logp, target = F.log_softmax(logits.float(), -1), F.log_softmax(detector_logits.float(), -1)
+    if reduction == "none":
+        return F.kl_div(logp, target, log_target=True, reduction="none").sum(-1)
+    return F.kl_div(logp, target, log_target=True, reduction="sum") / logits.shape[0]
 
 
 def mrm_regress_loss(pred: Tensor, target: Tensor, kind: str = "mse") -> Tensor:
