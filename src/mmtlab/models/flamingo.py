@@ -108,6 +108,10 @@ class Flamingo(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("attn.proj.weight", "mlp.fc2.weight", "cross.proj.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * max(1, len(self.layout))))
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.endswith(("cross_gate", "mlp_gate")):
+                    p.fill_(fc.gate_init)
         for frozen in (self.vision, self.text_embed, self.norm):
             frozen.requires_grad_(False)
 
