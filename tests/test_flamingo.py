@@ -15,13 +15,14 @@ def lm_config() -> ModelConfig:
     return ModelConfig(arch="lm", width=32, depth=2, heads=2, text={"max_len": 40, "vocab_size": VOCAB})
 
 
-def tiny_flamingo(seed: int = 0) -> tuple[Flamingo, CausalLM]:
+def tiny_flamingo(seed: int = 0, gate_init: float = 0.0) -> tuple[Flamingo, CausalLM]:
     torch.manual_seed(seed)
     lm = CausalLM(lm_config())
     vision = build_model(ModelConfig(**VISION, text={"vocab_size": VOCAB}))
     cfg = lm_config().model_dump()
     cfg.update(arch="flamingo", layout="flamingo")
     cfg["flamingo"] = {"vision_run": "-", "lm_run": "-", "latents": 4, "resampler_depth": 1, "vision": VISION}
+    cfg["flamingo"]["gate_init"] = gate_init
     model = Flamingo(ModelConfig.model_validate(cfg))
     model.load_frozen(vision.state_dict(), lm.state_dict())
     return model.eval(), lm.eval()
@@ -48,6 +49,15 @@ def test_identity_at_initialisation():
     for p in (p for n, p in model.named_parameters() if n.endswith("_gate")):
         p.data.fill_(1.0)
     assert not torch.allclose(model(tokens, media), with_media)
+
+
+def test_gate_init_opens_every_gate():
+    model, _ = tiny_flamingo(gate_init=0.5)
+    gates = [p for n, p in model.named_parameters() if n.endswith("_gate")]
+    assert len(gates) == 4 and all(torch.equal(p, torch.full_like(p, 0.5)) for p in gates)
+    tokens, counts, images = document(model), torch.tensor([2, 2]), torch.randn(4, 3, 32, 32)
+    out = model(tokens, model.media_tokens(images, counts))
+    assert not torch.allclose(out, model(tokens, model.media_tokens(images.flip(0), counts)))
 
 
 def test_frozen_parameters_unchanged_by_a_step():

@@ -33,7 +33,7 @@ def test_interleaved_shards_in_both_layouts_and_corrupt_lines(tmp_path):
     assert Document(docs[0].items).render() == "<image>one<|endofchunk|><image>two<|endofchunk|>"
 
 
-def test_flamingo_pipeline_from_the_command_line(tiny_data, tmp_path):
+def test_flamingo_pipeline_from_the_command_line(tiny_data, tmp_path, monkeypatch):
     docs = tmp_path / "docs"
     out = invoke("data", "interleaved", "--data", tiny_data, "--out", docs, "--docs", 60, "--max-chunks", 4)
     assert "60 documents" in out
@@ -72,7 +72,18 @@ def test_flamingo_pipeline_from_the_command_line(tiny_data, tmp_path):
     assert not (flam["encoder.layers.0.streams.shared.cross_gate"] == 0).all()  # the gates trained
 
     out = invoke("eval", "fewshot", run, "--shots", "0,2", "--max-items", 6, "--beams", 2)
+    import mmtlab.eval.fewshot as fewshot
+
+    gates = []
+    evaluate = fewshot.evaluate_fewshot
+
+    def recording(model, *args, **kwargs):
+        gates.append([float(p) for n, p in model.named_parameters() if n.endswith("_gate")])
+        return evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(fewshot, "evaluate_fewshot", recording)
     invoke("eval", "fewshot", run, "--shots", "2", "--max-items", 4, "--tasks", "vqa", "--blind")
+    assert gates and gates[0] and all(g == 0.0 for g in gates[0]), "--blind must evaluate with every gate closed"
     assert json.loads((run / "eval" / "fewshot_blind.json").read_text())["blind"]
     assert "caption" in out and "classify" in out
     result = json.loads((run / "eval" / "fewshot.json").read_text())

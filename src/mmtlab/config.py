@@ -206,6 +206,11 @@ class FlamingoConfig(Strict):
     resampler_depth: int = Field(2, gt=0, description="perceiver resampler: layers")
     max_frames: int = Field(8, gt=0, description="perceiver resampler: learned time embeddings (video frames)")
     cross_every: int = Field(1, gt=0, description="a gated cross-attention block before every N-th LM layer")
+    gate_init: float = Field(
+        0.0,
+        description="initial value of every tanh gate; 0 (the paper) starts at the frozen LM exactly, but the "
+        "gated blocks' updates then move the output by only ~tanh(gate) * lr and short runs leave them closed",
+    )
     vision: dict[str, Any] | None = Field(None, description="the vision run's model config (filled in at training)")
 
 

@@ -221,6 +221,8 @@ def eval_fewshot(
         raise EvalError(
             f"{run_dir}: few-shot evaluation needs a Flamingo run (model.arch flamingo), not {cfg.model.arch!r}"
         )
+    if blind:
+        model.close_gates()
     scores = evaluate_fewshot(
         model, model.tokenizer, load_split(cfg.data, split), load_split(cfg.data, support),
         tasks=tasks, shots=shots, max_items=max_items, num_beams=num_beams, seed=seed, progress=progress,

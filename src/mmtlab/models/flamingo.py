@@ -108,6 +108,10 @@ class Flamingo(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("attn.proj.weight", "mlp.fc2.weight", "cross.proj.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * max(1, len(self.layout))))
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.endswith(("cross_gate", "mlp_gate")):
+                    p.fill_(fc.gate_init)
         for frozen in (self.vision, self.text_embed, self.norm):
             frozen.requires_grad_(False)
 
@@ -248,6 +252,13 @@ class Flamingo(nn.Module):
         return generate(
             self.decode, context, prompt, max_new_tokens=max_new, eos_id=t.sep_id, pad_id=t.pad_id, **kwargs
         )
+
+    @torch.no_grad()
+    def close_gates(self) -> None:
+        """Every tanh gate to 0: the frozen LM with the <image> embedding (the no-vision control)."""
+        for name, p in self.named_parameters():
+            if name.endswith(("cross_gate", "mlp_gate")):
+                p.zero_()
 
     def num_params(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
