@@ -78,7 +78,7 @@ def test_flamingo_pipeline_from_the_command_line(tiny_data, tmp_path, monkeypatc
     evaluate = fewshot.evaluate_fewshot
 
     def recording(model, *args, **kwargs):
-        gates.append([float(p) for n, p in model.named_parameters() if n.endswith("_gate")])
+        gates.append([float(p.detach()) for n, p in model.named_parameters() if n.endswith("_gate")])
         return evaluate(model, *args, **kwargs)
 
     monkeypatch.setattr(fewshot, "evaluate_fewshot", recording)
