@@ -133,20 +133,11 @@ def _documents(cfg: RunConfig):
 
 def _mixture_batches(mix, cfg: RunConfig, tokenizer, start_sample: int, rank: int, world: int) -> Iterator:
     """Micro-batches from each dataset in turn, each carrying its dataset's loss weight."""
-    loaders = []
-    for k, (name, ds) in enumerate(mix.datasets.items()):
-        sampler = ResumableSampler(
-            len(ds), cfg.seed + k, start=start_sample // len(mix.datasets), rank=rank, world=world
-        )
-        loader = DataLoader(
-            ds,
-            batch_size=cfg.train.batch_size // world,
-            sampler=sampler,
-            collate_fn=ds.collator(tokenizer),
-            num_workers=cfg.data.num_workers,
-            drop_last=True,
-        )
-        loaders.append((mix.weights[name], iter(loader)))
+    start = start_sample // len(mix.datasets)
+    loaders = [
+        (mix.weights[name], _sampled_batches(ds, ds.collator(tokenizer), cfg, cfg.seed + k, start, rank, world))
+        for k, (name, ds) in enumerate(mix.datasets.items())
+    ]
     while True:
         for weight, it in loaders:
             batch = next(it)
@@ -165,7 +156,6 @@ def training_batches(
 ) -> Iterator[Batch]:
     """Endless micro-batches of process `rank` of `world`; `start_sample` samples of the global
     stream are skipped (resume). `resume_state` is the checkpoint's state (a stream's readers)."""
-    workers = cfg.data.num_workers
     if hasattr(dataset, "weights"):  # a data.interleaved.Mixture
         return _mixture_batches(dataset, cfg, tokenizer, start_sample, rank, world)
     if isinstance(dataset, ShardStream):
@@ -176,10 +166,16 @@ def training_batches(
         collate = VQACollator(tokenizer)
     else:
         collate = PairCollator(tokenizer, dataset.images.stack)
+    return _sampled_batches(dataset, collate, cfg, cfg.seed, start_sample, rank, world)
+
+
+def _sampled_batches(dataset, collate, cfg: RunConfig, seed: int, start: int, rank: int, world: int) -> Iterator:
+    """Endless micro-batches of an indexable dataset through a resumable, rank-sharded sampler."""
+    workers = cfg.data.num_workers
     loader = DataLoader(
         dataset,
         batch_size=cfg.train.batch_size // world,
-        sampler=ResumableSampler(len(dataset), cfg.seed, start=start_sample, rank=rank, world=world),
+        sampler=ResumableSampler(len(dataset), seed, start=start, rank=rank, world=world),
         collate_fn=collate,
         num_workers=workers,
         drop_last=True,

@@ -364,14 +364,13 @@ def run_ablation(
     phrases: Sequence[GroundedPhrase],
     inputs: VisualInputs,
     *,
-    method: str = "iot",
-    threshold: float = 0.5,
     batch_size: int = 256,
     n_bootstrap: int = 1000,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Both directions of the diagnostic for whatever heads the model has; see the module doc."""
+    """Both directions of the diagnostic for whatever heads the model has; see the module doc.
+    Regions align with phrases by `inputs`' method and threshold in both directions."""
     model.eval()
     started = time.perf_counter()
     usable = [p for p in phrases if inputs.usable(p.record)]
@@ -393,7 +392,7 @@ def run_ablation(
             v4l["mean_ablated_per_phrase"] = float(v["aligned"][keep].mean()) if keep.any() else 0.0
     if model.mrm is not None and inputs.regions:
         lv = language_for_vision(
-            model, tokenizer, usable, inputs.source, method, threshold, batch_size, progress
+            model, tokenizer, usable, inputs.source, inputs.method, inputs.threshold, batch_size, progress
         )  # fmt: skip
         have = ~np.isnan(lv["silver_none"])
         gold = have & ~np.isnan(lv["gold_none"])

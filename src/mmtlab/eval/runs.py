@@ -360,8 +360,8 @@ def eval_ablation(
         "bootstrap_resamples": bootstrap,
         **counts,
         **ab.run_ablation(
-            model, model.tokenizer, phrases, inputs, method=alignment, threshold=threshold, batch_size=bs,
-            n_bootstrap=bootstrap, seed=seed, progress=progress,
+            model, model.tokenizer, phrases, inputs, batch_size=bs, n_bootstrap=bootstrap, seed=seed,
+            progress=progress,
         ),
     }  # fmt: skip
     if baseline is not None:
