@@ -156,18 +156,12 @@ class Flamingo(nn.Module):
 
     def load_frozen_runs(self) -> int:
         """`load_frozen` from the latest checkpoints of flamingo.vision_run and flamingo.lm_run."""
-        from safetensors.torch import load_file
-
-        from mmtlab.train.checkpoint import latest_checkpoint
-
-        def weights(run: str, field: str) -> dict[str, Tensor]:
-            ckpt = latest_checkpoint(Path(run))
-            if ckpt is None:
-                raise FileNotFoundError(f"model.flamingo.{field}: no checkpoint in {run}")
-            return load_file(ckpt / "model.safetensors")
+        from mmtlab.train.checkpoint import run_weights
 
         fc = self.cfg.flamingo
-        return self.load_frozen(weights(fc.vision_run, "vision_run"), weights(fc.lm_run, "lm_run"))
+        _, vision = run_weights(fc.vision_run, "model.flamingo.vision_run")
+        _, lm = run_weights(fc.lm_run, "model.flamingo.lm_run")
+        return self.load_frozen(vision, lm)
 
     # -- forward -----------------------------------------------------------------------------------
 

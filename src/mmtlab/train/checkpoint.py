@@ -141,6 +141,16 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     return meta
 
 
+def run_weights(source: str | Path, field: str) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The full weights of a run's latest checkpoint (or of a checkpoint directory), and that
+    checkpoint; `field` names the config field in the error when there is none."""
+    source = Path(source)
+    ckpt = latest_checkpoint(source) if (source / "checkpoints").is_dir() else source
+    if ckpt is None or not (ckpt / "model.safetensors").exists():
+        raise FileNotFoundError(f"{field}: no checkpoint in {source}")
+    return ckpt, load_file(ckpt / "model.safetensors")
+
+
 def init_from(source: str | Path, model: nn.Module) -> int:
     """Initialise `model` from another run (its latest checkpoint) or a checkpoint directory.
 
@@ -152,11 +162,7 @@ def init_from(source: str | Path, model: nn.Module) -> int:
     """
     from mmtlab.models.vision import sample_pos_grid
 
-    source = Path(source)
-    ckpt = latest_checkpoint(source) if (source / "checkpoints").is_dir() else source
-    if ckpt is None or not (ckpt / "model.safetensors").exists():
-        raise FileNotFoundError(f"train.init_from: no checkpoint in {source}")
-    weights = load_file(ckpt / "model.safetensors")
+    ckpt, weights = run_weights(source, "train.init_from")
     own = model.state_dict()
     for k, v in weights.items():
         if k.endswith("image_embed.pos") and k in own and v.dim() == 3 and v.shape[0] == own[k].shape[0]:
