@@ -336,6 +336,10 @@ def eval_ablation(
     model, cfg = load_run(run_dir, data)
     if model.mlm is None and model.mrm is None:
         raise EvalError(f"{run_dir}: the ablation needs an MLM or an MRM head (outputs: {cfg.model.outputs})")
+    if baseline is not None:  # checked before the main model's evaluation, not after it
+        base_model, base_cfg = load_run(Path(baseline), data)
+        if base_model.mlm is None:
+            raise EvalError(f"--baseline {baseline}: that model has no MLM head")
     records = load_split(cfg.data, split)
     export = Path(cfg.data.root) / EXPORT_DIR
     with entities_root(entities, export, records) as root:
@@ -365,9 +369,6 @@ def eval_ablation(
         ),
     }  # fmt: skip
     if baseline is not None:
-        base_model, base_cfg = load_run(Path(baseline), data)
-        if base_model.mlm is None:
-            raise EvalError(f"--baseline {baseline}: that model has no MLM head")
         # The phrases the main model was evaluated on: those whose image decodes.
         usable = [p for p in phrases if inputs.usable(p.record)]
         base = ab.run_ablation(
