@@ -201,7 +201,10 @@ class FlamingoConfig(Strict):
     a perceiver resampler and gated cross-attention blocks (the only trained parts)."""
 
     vision_run: str = Field(description="run dir of a contrastive dual encoder (modality_specific, patches)")
-    lm_run: str = Field(description="run dir of a causal LM (model.arch: lm); its tokenizer is used")
+    lm_run: str | None = Field(None, description="run dir of a causal LM (model.arch: lm); its tokenizer is used")
+    hf_lm: str | None = Field(
+        None, description="instead of lm_run: a local Hugging Face GPT-2 dir (config.json, safetensors, tokenizer.json)"
+    )
     latents: int = Field(64, gt=0, description="perceiver resampler: learned latents (media tokens per image)")
     resampler_depth: int = Field(2, gt=0, description="perceiver resampler: layers")
     max_frames: int = Field(8, gt=0, description="perceiver resampler: learned time embeddings (video frames)")
@@ -212,6 +215,12 @@ class FlamingoConfig(Strict):
         "gated blocks' updates then move the output by only ~tanh(gate) * lr and short runs leave them closed",
     )
     vision: dict[str, Any] | None = Field(None, description="the vision run's model config (filled in at training)")
+
+    @model_validator(mode="after")
+    def _one_lm(self):
+        if (self.lm_run is None) == (self.hf_lm is None):
+            raise ValueError("model.flamingo: set exactly one of lm_run (an mmtlab LM run) and hf_lm (a local HF LM)")
+        return self
 
 
 class ModelConfig(Strict):
@@ -238,6 +247,7 @@ class ModelConfig(Strict):
     heads: int = Field(4, gt=0, description="attention heads")
     mlp_ratio: float = Field(4.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
+    gelu: Literal["exact", "tanh"] = Field("exact", description="the MLPs' GELU: exact (erf) or tanh (GPT-2's)")
     pool: Literal["cls", "mean"] = "cls"
     embed_dim: int = Field(128, gt=0, description="joint embedding size of the contrastive head")
     outputs: list[OutputHead] | None = Field(None, description="output heads; default: what the objectives need")

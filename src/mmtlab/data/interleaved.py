@@ -323,7 +323,8 @@ class DocumentCollator:
         tokens = torch.full((len(rows), width), tok.pad_id, dtype=torch.long)
         for i, r in enumerate(rows):
             tokens[i, : len(r)] = torch.tensor(r)
-        mask = tokens != tok.pad_id
+        # By length, not by id: a GPT-2 vocabulary pads with <|endoftext|>, which also ends chunks.
+        mask = torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]
         return DocumentBatch(
             tokens,
             mask,

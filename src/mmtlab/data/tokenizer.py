@@ -1,7 +1,9 @@
 """WordPiece tokenizer (HF `tokenizers`) trained on the pretraining captions, or loaded from a file.
 
 Special tokens are looked up by name, so any BERT-style tokenizer.json works; ours puts them at
-ids 0-4 ([PAD] [UNK] [CLS] [SEP] [MASK]).
+ids 0-4 ([PAD] [UNK] [CLS] [SEP] [MASK]). A GPT-2-style byte-level BPE (a local Hugging Face causal
+LM's, models/hf_lm.py) has one special token, <|endoftext|>, which then plays every role: it
+starts a document, ends a chunk and pads (padding is told apart by length, never by id).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from torch import Tensor
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+END_OF_TEXT = "<|endoftext|>"  # GPT-2's only special token
 
 
 class TextTokenizer:
@@ -24,10 +27,15 @@ class TextTokenizer:
         self.max_len = max_len
         ids = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
         missing = [t for t, i in ids.items() if i is None]
-        if missing:
-            raise ValueError(f"tokenizer lacks special tokens {missing}; a BERT-style WordPiece vocabulary is needed")
+        if missing and tokenizer.token_to_id(END_OF_TEXT) is not None and len(missing) == len(SPECIAL_TOKENS):
+            ids = dict.fromkeys(SPECIAL_TOKENS, tokenizer.token_to_id(END_OF_TEXT))
+        elif missing:
+            raise ValueError(
+                f"tokenizer lacks special tokens {missing}; a BERT-style WordPiece vocabulary or a GPT-2-style "
+                f"one with {END_OF_TEXT} is needed"
+            )
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (ids[t] for t in SPECIAL_TOKENS)
-        self.special_ids = tuple(ids.values())
+        self.special_ids = tuple(dict.fromkeys(ids.values()))
 
     @property
     def vocab_size(self) -> int:

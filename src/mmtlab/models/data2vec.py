@@ -92,7 +92,7 @@ class Data2Vec(nn.Module):
         # Text is masked with the tokenizer's [MASK] id; the other modalities get a learned vector.
         self.mask_emb = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m in self.modalities if m != "text"})
         self.layout = build_layout("modality_specific", cfg.depth, streams=self.modalities)
-        self.encoder = FusionEncoder(self.layout, d, cfg.heads, cfg.mlp_ratio, cfg.dropout)
+        self.encoder = FusionEncoder(self.layout, d, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.gelu)
         self.norm = nn.ModuleDict({m: nn.LayerNorm(d) for m in self.modalities})
         if dc.efficient:
             self.decoder = nn.ModuleDict(

@@ -50,7 +50,7 @@ class ImageTextDecoder(nn.Module):
             cfg.image.size, cfg.image.patch, d, cfg.image.channels, cls_token=self.image_cls_token(cfg)
         )
         self.layout = build_layout(cfg.layout, cfg.depth, **cfg.layout_args)
-        self.encoder = FusionEncoder(self.layout, d, cfg.heads, cfg.mlp_ratio, cfg.dropout)
+        self.encoder = FusionEncoder(self.layout, d, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.gelu)
         self.vision_layers = self.group_slice(("vision",))
         self.contrastive_layers = self.group_slice(self.contrastive_groups)
         self.caption_layers = self.group_slice(self.caption_groups)

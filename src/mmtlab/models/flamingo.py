@@ -5,10 +5,11 @@
     XATTN-DENSE blocks (layout `fusion.flamingo`) that cross-attend to the media tokens
 
 Frozen: the vision encoder (the image tower of an mmtlab contrastive dual encoder), the LM's
-token/position embeddings, layers and final norm (an mmtlab `lm` run). Trained: the resampler,
-the gated blocks and the embedding of the `<image>` token (id = the LM's vocabulary size; the
-LM's own vocabulary and output layer are unchanged). `<|endofchunk|>` is the LM's [SEP], the token
-it already ends a text with, so generation stops where a chunk ends.
+token/position embeddings, layers and final norm (an mmtlab `lm` run, or a local Hugging Face
+GPT-2: models/hf_lm.py). Trained: the resampler, the gated blocks and the embedding of the
+`<image>` token (id = the LM's vocabulary size; the LM's own vocabulary and output layer are
+unchanged). `<|endofchunk|>` is the LM's [SEP] (GPT-2's <|endoftext|>), the token it already ends a
+text with, so generation stops where a chunk ends.
 
 Media masking (the paper's "only attend to the immediately preceding image"): text token t
 cross-attends only to the latents of the last <image> at or before t; before the first image it
@@ -49,7 +50,7 @@ class VisionEncoder(nn.Module):
             cfg.image.size, cfg.image.patch, cfg.width, cfg.image.channels, cls_token=True
         )
         self.encoder = FusionEncoder(
-            modality_specific(cfg.depth, streams=("image",)), cfg.width, cfg.heads, cfg.mlp_ratio
+            modality_specific(cfg.depth, streams=("image",)), cfg.width, cfg.heads, cfg.mlp_ratio, gelu=cfg.gelu
         )
         self.norm = nn.LayerNorm(cfg.width)
 
@@ -101,7 +102,7 @@ class Flamingo(nn.Module):
         self.text_embed = TextEmbedding(cfg.text.vocab_size, d, cfg.text.max_len)
         self.media_embed = nn.Parameter(torch.randn(d) * 0.02)  # the <image> token (new: trained)
         self.layout = build_layout("flamingo", cfg.depth, cross_every=fc.cross_every)
-        self.encoder = FusionEncoder(self.layout, d, cfg.heads, cfg.mlp_ratio, cfg.dropout)
+        self.encoder = FusionEncoder(self.layout, d, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.gelu)
         self.norm = nn.LayerNorm(d)
         self.lm_layers = [i for i, s in enumerate(self.layout) if s.group == "lm"]
         self.apply(_init_weights)
@@ -155,12 +156,14 @@ class Flamingo(nn.Module):
         return len(own)
 
     def load_frozen_runs(self) -> int:
-        """`load_frozen` from the latest checkpoints of flamingo.vision_run and flamingo.lm_run."""
+        """`load_frozen` from the latest checkpoints of flamingo.vision_run and flamingo.lm_run (or
+        the Hugging Face model at flamingo.hf_lm)."""
+        from mmtlab.models import hf_lm
         from mmtlab.train.checkpoint import run_weights
 
         fc = self.cfg.flamingo
         _, vision = run_weights(fc.vision_run, "model.flamingo.vision_run")
-        _, lm = run_weights(fc.lm_run, "model.flamingo.lm_run")
+        lm = hf_lm.weights(fc.hf_lm) if fc.hf_lm else run_weights(fc.lm_run, "model.flamingo.lm_run")[1]
         return self.load_frozen(vision, lm)
 
     # -- forward -----------------------------------------------------------------------------------
@@ -273,15 +276,29 @@ def with_frozen_parts(cfg):
             raise ConfigError(f"model.flamingo.{field}: {run} is not a run directory (no config.yaml)")
         return load_config(Path(run) / "config.yaml")
 
-    lm, vision = run_config(fc.lm_run, "lm_run"), run_config(fc.vision_run, "vision_run")
-    if lm.model.arch != "lm":
-        raise ConfigError(f"model.flamingo.lm_run: {fc.lm_run} is a {lm.model.arch} run, not a causal LM (arch lm)")
+    vision = run_config(fc.vision_run, "vision_run")
     if vision.model.arch != "encoder" or vision.model.layout != "modality_specific":
         raise ConfigError(f"model.flamingo.vision_run: {fc.vision_run} is not a dual encoder (modality_specific)")
     cfg = cfg.model_copy(deep=True)
     m = cfg.model
-    m.width, m.depth, m.heads, m.mlp_ratio = lm.model.width, lm.model.depth, lm.model.heads, lm.model.mlp_ratio
-    m.text = lm.model.text.model_copy()
+    if fc.hf_lm:
+        from mmtlab.models import hf_lm
+
+        try:
+            f = hf_lm.model_fields(fc.hf_lm)
+            tokenizer = hf_lm.tokenizer_path(fc.hf_lm)
+        except (OSError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+        m.width, m.depth, m.heads, m.mlp_ratio, m.gelu = f["width"], f["depth"], f["heads"], f["mlp_ratio"], f["gelu"]
+        m.text = m.text.model_copy(update={"max_len": f["max_len"]})
+    else:
+        lm = run_config(fc.lm_run, "lm_run")
+        if lm.model.arch != "lm":
+            raise ConfigError(f"model.flamingo.lm_run: {fc.lm_run} is a {lm.model.arch} run, not a causal LM (arch lm)")
+        m.width, m.depth, m.heads, m.mlp_ratio = lm.model.width, lm.model.depth, lm.model.heads, lm.model.mlp_ratio
+        m.gelu = lm.model.gelu
+        m.text = lm.model.text.model_copy()
+        tokenizer = Path(fc.lm_run) / "tokenizer.json"
     m.flamingo.vision = vision.model.model_dump(mode="json")
-    cfg.tokenizer.path = str(Path(fc.lm_run) / "tokenizer.json")
+    cfg.tokenizer.path = str(tokenizer)
     return cfg

@@ -74,7 +74,9 @@ class LayerSpec:
 class Stream(nn.Module):
     """One set of sub-layer weights (pre-LN): used by one stream, or shared by all."""
 
-    def __init__(self, spec: LayerSpec, dim: int, heads: int, mlp_ratio: float, dropout: float, updates: bool):
+    def __init__(
+        self, spec: LayerSpec, dim: int, heads: int, mlp_ratio: float, dropout: float, updates: bool, gelu: str
+    ):
         super().__init__()
         self.ln_attn = nn.LayerNorm(dim) if spec.attend else None
         self.attn = Attention(dim, heads, dropout) if spec.attend else None
@@ -84,7 +86,7 @@ class Stream(nn.Module):
         self.cross = CrossAttention(dim, heads, dropout) if has_cross else None
         has_ffn = spec.ffn and updates
         self.ln_mlp = nn.LayerNorm(dim) if has_ffn else None
-        self.mlp = MLP(dim, int(dim * mlp_ratio), dropout) if has_ffn else None
+        self.mlp = MLP(dim, int(dim * mlp_ratio), dropout, gelu) if has_ffn else None
         gated = spec.cross_attention == "gated_tanh" and updates
         self.cross_gate = nn.Parameter(torch.zeros(1)) if gated and has_cross else None
         self.mlp_gate = nn.Parameter(torch.zeros(1)) if gated and has_ffn else None
@@ -95,15 +97,17 @@ def _gate(g: nn.Parameter | None) -> Tensor | float:
 
 
 class FusionLayer(nn.Module):
-    def __init__(self, spec: LayerSpec, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+    def __init__(
+        self, spec: LayerSpec, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, gelu: str = "exact"
+    ):
         super().__init__()
         self.spec = spec
         if spec.weights == "shared":
-            self.streams = nn.ModuleDict({"shared": Stream(spec, dim, heads, mlp_ratio, dropout, True)})
+            self.streams = nn.ModuleDict({"shared": Stream(spec, dim, heads, mlp_ratio, dropout, True, gelu)})
         else:
             owners = dict.fromkeys((*spec.updated, *spec.keyed))
             self.streams = nn.ModuleDict(
-                {m: Stream(spec, dim, heads, mlp_ratio, dropout, m in spec.updated) for m in owners}
+                {m: Stream(spec, dim, heads, mlp_ratio, dropout, m in spec.updated, gelu) for m in owners}
             )
         if spec.frozen:
             self.requires_grad_(False)
@@ -189,10 +193,18 @@ class FusionLayer(nn.Module):
 
 
 class FusionEncoder(nn.Module):
-    def __init__(self, specs: list[LayerSpec], dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+    def __init__(
+        self,
+        specs: list[LayerSpec],
+        dim: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        gelu: str = "exact",
+    ):
         super().__init__()
         self.specs = list(specs)
-        self.layers = nn.ModuleList(FusionLayer(s, dim, heads, mlp_ratio, dropout) for s in self.specs)
+        self.layers = nn.ModuleList(FusionLayer(s, dim, heads, mlp_ratio, dropout, gelu) for s in self.specs)
 
     def forward(
         self,

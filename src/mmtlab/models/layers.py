@@ -11,14 +11,15 @@ from torch import Tensor, nn
 
 
 class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0, gelu: str = "exact"):
         super().__init__()
+        self.approximate = {"exact": "none", "tanh": "tanh"}[gelu]  # tanh: GPT-2's "gelu_new"
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.fc2(F.gelu(self.fc1(x))))
+        return self.dropout(self.fc2(F.gelu(self.fc1(x), approximate=self.approximate)))
 
 
 class Attention(nn.Module):

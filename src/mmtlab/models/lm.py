@@ -32,7 +32,7 @@ class CausalLM(nn.Module):
         self.cfg = cfg
         self.text_embed = TextEmbedding(cfg.text.vocab_size, cfg.width, cfg.text.max_len)
         self.layout = build_layout(cfg.layout, cfg.depth, **cfg.layout_args)
-        self.encoder = FusionEncoder(self.layout, cfg.width, cfg.heads, cfg.mlp_ratio, cfg.dropout)
+        self.encoder = FusionEncoder(self.layout, cfg.width, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.gelu)
         self.norm = nn.LayerNorm(cfg.width)
         self.apply(_init_weights)
         for name, p in self.named_parameters():  # GPT-2 residual scaling, as in model.py

@@ -37,7 +37,7 @@ class MultimodalTransformer(nn.Module):
         else:
             self.image_embed = PatchEmbedding(cfg.image.size, cfg.image.patch, d, cfg.image.channels, cls_token=True)
         self.layout = build_layout(cfg.layout, cfg.depth, **cfg.layout_args)
-        self.encoder = FusionEncoder(self.layout, d, cfg.heads, cfg.mlp_ratio, cfg.dropout)
+        self.encoder = FusionEncoder(self.layout, d, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.gelu)
         self.norm = nn.ModuleDict({"text": nn.LayerNorm(d), "image": nn.LayerNorm(d)})
         outputs = cfg.outputs or []
         self.contrastive = (
