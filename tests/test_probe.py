@@ -54,6 +54,17 @@ def test_probe_cli_compares_trained_and_random_init(tiny_data, tmp_path):
         assert r["n_test"] == 40 and 0 <= r["majority"] < 100
     assert probe["text_style"]["n_train"] == 80
 
+    # A single-style build has no style probe; the image probes still run.
+    from mmtlab.data.emoji_scenes import build_emoji_scenes
+
+    single = tmp_path / "alt-only"
+    build_emoji_scenes(single, size=120, eval_size=40, heldout_size=4, pretrain_styles={"alt_text": 1}, progress=False)
+    args = ["eval", "probe", str(run), "--data", str(single), "--n-train", "80", "--n-test", "40"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "text_style: skipped" in result.output and "image_sprite" in result.output
+    assert "skipped" in json.loads((run / "eval" / "probe.json").read_text())["text_style"]
+
 
 def test_keyword_spotting_is_leave_one_voice_out():
     spoken = SpokenSet(SHIPPED)

@@ -384,7 +384,9 @@ def eval_probe(
     for col in ("task", "trained", "random init", "majority class", "train / test"):
         table.add_column(col, justify="right")
     for task, r in result.items():
-        if isinstance(r, dict):
+        if isinstance(r, dict) and "skipped" in r:
+            console.print(f"{task}: skipped ({r['skipped']})")
+        elif isinstance(r, dict):
             cells = [f"{r[k]['accuracy']:.1f} +- {r[k]['ci95']:.1f}" for k in ("trained", "random")]
             table.add_row(task, *cells, f"{r['majority']:.1f}", f"{r['n_train']} / {r['n_test']}")
     console.print(table)
