@@ -144,6 +144,20 @@ def test_cached_generation_matches_recomputation():
         assert torch.equal(a, b)
 
 
+def test_continuation_logprobs_equal_a_full_forward_pass():
+    from mmtlab.models.generate import continuation_logprobs
+
+    model, _ = tiny_flamingo(gate_init=0.5)
+    prompt = document(model)[:1, :-1]
+    media = model.media_tokens(torch.randn(2, 3, 32, 32), torch.tensor([2]))
+    candidates = [[7], [8, 9, 3], [10, 3]]
+    got = continuation_logprobs(model.decode, (media, (prompt == model.media_id).sum(1)), prompt, candidates)
+    for c, g in zip(candidates, got):
+        logp = model(torch.cat([prompt, torch.tensor([c])], 1), media).log_softmax(-1)[0]
+        want = sum(logp[prompt.shape[1] - 1 + i, t] for i, t in enumerate(c))
+        torch.testing.assert_close(g, want, atol=1e-5, rtol=1e-5)
+
+
 def test_flamingo_config_mistakes_are_one_line_errors():
     import pytest
 

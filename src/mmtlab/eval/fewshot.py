@@ -1,6 +1,8 @@
 """Few-shot in-context evaluation of Flamingo (Alayrac et al. 2022, Sec. 3 / Appendix B.1.5):
-captioning (CIDEr), VQA (exact-match accuracy) and classification (the largest sprite's name,
-exact match) with k demonstrations followed by the query, decoded with beam search.
+captioning (CIDEr) and VQA (exact-match accuracy), open-ended with beam search, and
+classification (the largest sprite's name), close-ended: every class name of the dataset is scored
+by its log-likelihood after the prompt (with the end-of-chunk token) and the most likely one is the
+answer, as OpenFlamingo's classification evaluation does. k demonstrations precede the query.
 
     k > 0   [CLS] <image> demo 1 [SEP] ... <image> demo k [SEP] <image> query prompt
     k = 0   two text-only demonstrations (no images), then the query: the paper's zero-shot prompt
@@ -24,10 +26,11 @@ import torch
 from mmtlab.data.interleaved import PROMPTS, Document, document_ids, largest_sprite, sprite_names
 from mmtlab.data.pairs import ImageCache, to_float
 from mmtlab.eval.captioning import caption_scores, normalize
+from mmtlab.models.generate import continuation_logprobs
 from mmtlab.progress import track
 
 TASKS = ("caption", "vqa", "classify")
-MAX_NEW_TOKENS = {"caption": 20, "vqa": 6, "classify": 8}
+MAX_NEW_TOKENS = {"caption": 20, "vqa": 6}
 ZERO_SHOT_TEXT_DEMOS = 2
 
 
@@ -74,16 +77,23 @@ def answer(
     support_images: ImageCache,
     shots: int,
     *,
+    classes: Sequence[str] = (),
     num_beams: int = 3,
     batch_size: int = 16,
     seed: int = 0,
     progress: bool = True,
 ) -> list[str | None]:
-    """The model's continuation of every query's prompt after `shots` demonstrations; None where
-    an image could not be decoded."""
+    """The model's answer to every query after `shots` demonstrations: its continuation of the
+    prompt, or for `classify` the most likely of `classes`; None where an image could not be decoded."""
     model.eval()
     media_id, max_len = model.media_id, model.cfg.text.max_len
-    max_new = MAX_NEW_TOKENS[task]
+    if task == "classify":
+        if not classes:
+            raise ValueError("classify: the class names to rank are needed (classes=...)")
+        candidates = class_tokens(tokenizer, PROMPTS["classify"], classes)
+        max_new = max(len(c) for c in candidates)
+    else:
+        max_new = MAX_NEW_TOKENS[task]
     groups: dict[int, list[int]] = defaultdict(list)
     for qi, q in enumerate(queries):  # prompt length without demonstrations: equal within a group
         groups[len(tokenizer.tok.encode(q.prompt, add_special_tokens=False).ids)].append(qi)
@@ -117,6 +127,16 @@ def answer(
             images += [*demo_images, img]
         if not rows:
             continue
+        if task == "classify":
+            per_row = len(demo_images) + 1
+            for r, (qi, ids) in enumerate(rows):
+                row_images = to_float(torch.stack(images[r * per_row : (r + 1) * per_row]))
+                media = model.media_tokens(row_images, torch.tensor([per_row]))
+                prompt = torch.tensor([ids], dtype=torch.long)
+                context = (media, (prompt == media_id).sum(1))
+                scores = continuation_logprobs(model.decode, context, prompt, candidates)
+                out[qi] = classes[int(scores.argmax())]
+            continue
         prompt = torch.tensor([ids for _, ids in rows], dtype=torch.long)
         counts = torch.full((len(rows),), len(demo_images) + 1, dtype=torch.long)
         ids = model.generate(
@@ -124,6 +144,19 @@ def answer(
         )
         for (qi, _), row in zip(rows, ids):
             out[qi] = tokenizer.decode(row[prompt.shape[1] :])
+    return out
+
+
+def class_tokens(tokenizer, prompt: str, classes: Sequence[str]) -> list[list[int]]:
+    """Each class name's tokens as the continuation of `prompt` (as a demonstration "prompt name"
+    tokenizes), closed by the end-of-chunk token."""
+    enc = tokenizer.tok.encode
+    head = enc(prompt, add_special_tokens=False).ids
+    out = []
+    for name in classes:
+        full = enc(f"{prompt} {name}", add_special_tokens=False).ids
+        tail = full[len(head) :] if full[: len(head)] == head else enc(f" {name}", add_special_tokens=False).ids
+        out.append(tail + [tokenizer.sep_id])
     return out
 
 
@@ -165,10 +198,13 @@ def evaluate_fewshot(
     for task in tasks:
         queries = task_items(task, query_records, seed)[:max_items]
         support = task_items(task, support_records, seed + 1)
+        classes = sorted({x.answers[0] for x in (*queries, *support)}) if task == "classify" else ()
         r = {"metric": METRIC[task], "n": len(queries), "scores": {}, "examples": {}}
+        if classes:
+            r["classes"] = len(classes)
         for k in shots:
             answers = answer(
-                model, tokenizer, task, queries, query_images, support, support_images, k,
+                model, tokenizer, task, queries, query_images, support, support_images, k, classes=classes,
                 num_beams=num_beams, batch_size=batch_size, seed=seed, progress=progress,
             )  # fmt: skip
             r["scores"][k] = score(task, queries, answers)

@@ -13,7 +13,8 @@ cross-attention keys/values of the image, computed on the first step only).
     ids = generate(model.decode, image_tokens, prompt, max_new_tokens=20, eos_id=sep, pad_id=pad,
                    method="beam", num_beams=3)
 
-Rows that have produced `eos_id` are filled with `pad_id` afterwards.
+Rows that have produced `eos_id` are filled with `pad_id` afterwards. `continuation_logprobs`
+scores given continuations of one prompt instead (classification by likelihood).
 """
 
 from __future__ import annotations
@@ -169,3 +170,25 @@ def generate(
             raise ValueError(f"num_beams must be >= 1, got {num_beams}")
         return _beam_search(decoder, prompt, max_new_tokens, eos_id, pad_id, num_beams, length_penalty)
     raise ValueError(f"unknown decoding method {method!r}; choose greedy, beam or nucleus")
+
+
+@torch.no_grad()
+def continuation_logprobs(step: StepFn, context: Any, prompt: Tensor, candidates: list[list[int]]) -> Tensor:
+    """Log-probability [C] of each candidate token sequence following one prompt [1, P]: the prompt
+    runs once, its KV cache is shared by all candidates (close-ended classification by likelihood)."""
+    if prompt.shape[0] != 1 or not candidates or not all(candidates):
+        raise ValueError("continuation_logprobs: one prompt row and non-empty candidates are needed")
+    cache = KVCache()
+    first = F.log_softmax(step(context, prompt, cache)[:, -1].float(), dim=-1)  # [1, V]
+    n, width = len(candidates), max(len(c) for c in candidates)
+    tokens = torch.zeros(n, width, dtype=torch.long, device=prompt.device)
+    for i, c in enumerate(candidates):
+        tokens[i, : len(c)] = torch.tensor(c, device=prompt.device)
+    logp = first.expand(n, -1)[:, None]
+    if width > 1:  # later tokens: one cached pass over each candidate's own prefix (padding comes after)
+        cache.expand(n)
+        rest = step(map_batch(context, lambda t: t.expand(n, *t.shape[1:])), tokens[:, :-1], cache)
+        logp = torch.cat([logp, F.log_softmax(rest.float(), dim=-1)], dim=1)
+    picked = logp.gather(-1, tokens[..., None]).squeeze(-1)  # [C, width]
+    real = torch.arange(width, device=prompt.device)[None, :] < torch.tensor([len(c) for c in candidates])[:, None]
+    return (picked * real).sum(1)

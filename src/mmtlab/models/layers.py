@@ -127,6 +127,12 @@ class KVCache:
     # reorders beams only within their own batch item, where these rows are all the same.
     context_entries = ("cross_k", "cross_v")
 
+    def expand(self, n: int) -> None:
+        """A one-row cache as `n` identical rows (views; later steps' keys materialise them)."""
+        for entry in self.layers.values():
+            for k, t in entry.items():
+                entry[k] = t.expand(n, *t.shape[1:])
+
     def reorder(self, index: Tensor) -> None:
         """Keep rows `index` of the self-attention keys/values (beam search: beams follow their
         parents within a batch item)."""
