@@ -91,3 +91,15 @@ def test_flamingo_pipeline_from_the_command_line(tiny_data, tmp_path, monkeypatc
     assert (run / "eval" / "fewshot.png").stat().st_size > 0
     model = mmtlab.load(run)
     assert model.num_params(trainable_only=True) < model.num_params()
+
+    # Held-out loss by the images the documents see: the trained gates are open, so images move it;
+    # closed gates make own, shuffled and no images the same frozen LM, exactly.
+    worth = result["image_worth"]
+    assert worth["all"]["tokens"] > 0 and set(worth) - {"all"} <= {"caption", "vqa", "classify"}
+    assert worth["all"]["own"] != worth["all"]["shuffled"]
+    from mmtlab.data.sources import load_split
+    from mmtlab.eval.fewshot import image_worth
+
+    model.close_gates()
+    closed = image_worth(model, model.tokenizer, load_split(model.run_config.data, "test"), n_docs=12, progress=False)
+    assert closed["all"]["own"] == closed["all"]["shuffled"] == closed["all"]["none"]

@@ -288,9 +288,10 @@ def eval_fewshot(
         bool, typer.Option(help="control: close every tanh gate (the frozen LM, no vision) -> fewshot_blind.json")
     ] = False,
 ):
-    """In-context few-shot captioning (CIDEr), VQA and classification (exact match) with k
-    demonstrations from the support split; 0 shots = two text-only demonstrations, as in the
-    Flamingo paper -> RUN_DIR/eval/fewshot.json and fewshot.png (score vs shots)."""
+    """In-context few-shot captioning (CIDEr), VQA (exact match) and classification (class names
+    ranked by likelihood) with k demonstrations from the support split; 0 shots = two text-only
+    demonstrations, as in the Flamingo paper -> RUN_DIR/eval/fewshot.json and fewshot.png (score
+    vs shots). Also: the held-out documents' loss with their own, shuffled or no images."""
     from mmtlab.eval.fewshot import TASKS
     from mmtlab.eval.runs import eval_fewshot as run_fewshot
 
@@ -312,6 +313,13 @@ def eval_fewshot(
     for t in names:
         table.add_row(f"{t} (n={r[t]['n']})", r[t]["metric"], *(f"{r[t]['scores'][k]:.1f}" for k in ks))
     console.print(table)
+    if "image_worth" in r:
+        worth = Table(title=f"held-out {split} documents: next-token loss (nats / token) by the images they see")
+        for col in ("task", "own images", "shuffled images", "no images", "tokens"):
+            worth.add_column(col, justify="right")
+        for t, w in r["image_worth"].items():
+            worth.add_row(t, *(f"{w[c]:.4f}" for c in ("own", "shuffled", "none")), str(w["tokens"]))
+        console.print(worth)
     name = "fewshot_blind" if blind else "fewshot"
     console.print(f"wrote {run_dir / 'eval' / name}.json and {name}.png")
 

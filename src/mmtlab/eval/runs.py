@@ -210,10 +210,11 @@ def eval_fewshot(
     blind: bool = False,
 ) -> dict:
     """Few-shot in-context captioning, VQA and classification (eval/fewshot.py) ->
-    eval/fewshot.json and eval/fewshot.png (score vs shots). `blind`: the control without vision,
+    eval/fewshot.json and eval/fewshot.png (score vs shots), with the held-out document loss with
+    own / shuffled / no images (`image_worth`). `blind`: the control without vision,
     every tanh gate closed (the frozen LM with the trained <image> embedding) -> fewshot_blind.*"""
     from mmtlab.data.sources import load_split
-    from mmtlab.eval.fewshot import evaluate_fewshot, plot_fewshot
+    from mmtlab.eval.fewshot import evaluate_fewshot, image_worth, plot_fewshot
 
     run_dir = Path(run_dir)
     model, cfg = load_run(run_dir, data)
@@ -221,13 +222,17 @@ def eval_fewshot(
         raise EvalError(
             f"{run_dir}: few-shot evaluation needs a Flamingo run (model.arch flamingo), not {cfg.model.arch!r}"
         )
+    queries = load_split(cfg.data, split)
+    worth = None if blind else image_worth(model, model.tokenizer, queries, seed=seed, progress=progress)
     if blind:
         model.close_gates()
     scores = evaluate_fewshot(
-        model, model.tokenizer, load_split(cfg.data, split), load_split(cfg.data, support),
+        model, model.tokenizer, queries, load_split(cfg.data, support),
         tasks=tasks, shots=shots, max_items=max_items, num_beams=num_beams, seed=seed, progress=progress,
     )  # fmt: skip
     result = {"split": split, "support": support, "num_beams": num_beams, "seed": seed, "blind": blind, **scores}
+    if worth is not None:
+        result["image_worth"] = worth
     name = "fewshot_blind" if blind else "fewshot"
     atomic_write_json(run_dir / "eval" / f"{name}.json", result)
     what = "gates closed (no vision)" if blind else run_dir.name
