@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8, help="images per document")
     ap.add_argument("--chunk-tokens", type=int, default=16, help="text tokens per image")
     ap.add_argument("--latents", type=int, default=16)
+    ap.add_argument("--patch", type=int, default=8, help="the vision encoder's patch size (flamingo-vision.yaml: 8)")
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=5)
@@ -48,7 +49,8 @@ def main() -> None:
     torch.manual_seed(0)
     vocab = 2048
     lm_cfg = dict(width=args.width, depth=args.depth, heads=4, text={"max_len": 384, "vocab_size": vocab})
-    vision = {"layout": "modality_specific", "width": 128, "depth": 4, "heads": 4, "image": {"size": 64, "patch": 16}}
+    image = {"size": 64, "patch": args.patch}
+    vision = {"layout": "modality_specific", "width": 128, "depth": 4, "heads": 4, "image": image}
     lm = CausalLM(ModelConfig(arch="lm", **lm_cfg))
     fl_cfg = ModelConfig(
         arch="flamingo",
@@ -96,6 +98,7 @@ def main() -> None:
         "images_per_document": n,
         "tokens_per_document": tokens.shape[1],
         "latents": args.latents,
+        "patch": args.patch,
         "params": {
             "trainable": flamingo.num_params(trainable_only=True),
             "total": flamingo.num_params(),
