@@ -207,16 +207,13 @@ def image_worth(
         perm = torch.randperm(n, generator=gen)
         other = torch.empty_like(perm)
         other[perm] = perm.roll(1)  # every image goes to another slot
-        media = {
-            "own": model.media_tokens(b.images, b.image_counts) if n else None,
-            "shuffled": model.media_tokens(b.images[other], b.image_counts) if n > 1 else None,
-            "none": None,
-        }
+        own = model.media_tokens(b.images, b.image_counts) if n else None
+        # (a lone image has no other to swap with: it stays, so every condition sums the same tokens)
+        media = {"own": own, "shuffled": model.media_tokens(b.images[other], b.image_counts) if n > 1 else own}
+        media["none"] = None
         s = sums[chunk[0].task]
         s["tokens"] += int((labels != IGNORE).sum())
         for c in CONDITIONS:
-            if c != "none" and media[c] is None:
-                continue
             logits = model(b.tokens, media[c])[:, :-1]
             s[c] += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                                           ignore_index=IGNORE, reduction="sum"))  # fmt: skip
