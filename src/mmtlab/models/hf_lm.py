@@ -18,23 +18,22 @@ from torch import Tensor
 SUPPORTED = ("gpt2",)
 GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
 
-# GPT-2 name (after h.N.) -> CausalLM name (after encoder.layers.N.streams.shared.), transposed?
+# GPT-2 module (after h.N.) -> CausalLM module (after encoder.layers.N.streams.shared.); the 2-D
+# weights among them are Conv1D's [in, out] and are transposed to nn.Linear's [out, in].
 _LAYER = {
-    "ln_1.weight": ("ln_attn.weight", False),
-    "ln_1.bias": ("ln_attn.bias", False),
-    "attn.c_attn.weight": ("attn.qkv.weight", True),
-    "attn.c_attn.bias": ("attn.qkv.bias", False),
-    "attn.c_proj.weight": ("attn.proj.weight", True),
-    "attn.c_proj.bias": ("attn.proj.bias", False),
-    "ln_2.weight": ("ln_mlp.weight", False),
-    "ln_2.bias": ("ln_mlp.bias", False),
-    "mlp.c_fc.weight": ("mlp.fc1.weight", True),
-    "mlp.c_fc.bias": ("mlp.fc1.bias", False),
-    "mlp.c_proj.weight": ("mlp.fc2.weight", True),
-    "mlp.c_proj.bias": ("mlp.fc2.bias", False),
+    "ln_1": "ln_attn",
+    "attn.c_attn": "attn.qkv",
+    "attn.c_proj": "attn.proj",
+    "ln_2": "ln_mlp",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
 }
-_TOP = {"wte.weight": "text_embed.tok.weight", "wpe.weight": "text_embed.pos", "ln_f.weight": "norm.weight"}
-_TOP["ln_f.bias"] = "norm.bias"
+_TOP = {
+    "wte.weight": "text_embed.tok.weight",
+    "wpe.weight": "text_embed.pos",
+    "ln_f.weight": "norm.weight",
+    "ln_f.bias": "norm.bias",
+}
 _IGNORED = ("attn.bias", "attn.masked_bias")  # causal-mask buffers of old checkpoints
 
 
@@ -110,10 +109,11 @@ def weights(path: str | Path) -> dict[str, Tensor]:
             out[_TOP[name]] = t
         elif name.startswith("h."):
             i, rest = name[2:].split(".", 1)
-            if rest not in _LAYER:
+            module, kind = rest.rsplit(".", 1)
+            if module not in _LAYER or kind not in ("weight", "bias"):
                 raise ValueError(f"model.flamingo.hf_lm: unexpected GPT-2 tensor {name}")
-            ours, transpose = _LAYER[rest]
-            out[f"encoder.layers.{i}.streams.shared.{ours}"] = t.t().contiguous() if transpose else t
+            ours = f"encoder.layers.{i}.streams.shared.{_LAYER[module]}.{kind}"
+            out[ours] = t.t().contiguous() if t.dim() == 2 else t
         else:
             raise ValueError(f"model.flamingo.hf_lm: unexpected GPT-2 tensor {name}")
     return {k: v.float() for k, v in out.items()}
