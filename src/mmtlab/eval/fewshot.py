@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mmtlab.data.interleaved import PROMPTS, Document, document_ids, largest_sprite, sprite_names
 from mmtlab.data.pairs import ImageCache, to_float
@@ -128,21 +127,18 @@ def answer(
             images += [*demo_images, img]
         if not rows:
             continue
+        pixels = to_float(torch.stack(images))
+        counts = torch.full((len(rows),), len(demo_images) + 1, dtype=torch.long)
         if task == "classify":
-            per_row = len(demo_images) + 1
+            media = model.media_tokens(pixels, counts)  # the whole group's images in one pass
             for r, (qi, ids) in enumerate(rows):
-                row_images = to_float(torch.stack(images[r * per_row : (r + 1) * per_row]))
-                media = model.media_tokens(row_images, torch.tensor([per_row]))
                 prompt = torch.tensor([ids], dtype=torch.long)
-                context = (media, (prompt == media_id).sum(1))
+                context = (media[r : r + 1], (prompt == media_id).sum(1))
                 scores = continuation_logprobs(model.decode, context, prompt, candidates)
                 out[qi] = classes[int(scores.argmax())]
             continue
         prompt = torch.tensor([ids for _, ids in rows], dtype=torch.long)
-        counts = torch.full((len(rows),), len(demo_images) + 1, dtype=torch.long)
-        ids = model.generate(
-            prompt, to_float(torch.stack(images)), counts, max_new_tokens=max_new, method="beam", num_beams=num_beams
-        )
+        ids = model.generate(prompt, pixels, counts, max_new_tokens=max_new, method="beam", num_beams=num_beams)
         for (qi, _), row in zip(rows, ids):
             out[qi] = tokenizer.decode(row[prompt.shape[1] :])
     return out
@@ -188,18 +184,15 @@ def image_worth(
     reads its images has own < shuffled; own = shuffled = none means it ignores them. Far less
     noisy than few-shot accuracy on a few hundred queries."""
     from mmtlab.data.interleaved import InterleavedDocuments, build_documents
-    from mmtlab.objectives.caption import IGNORE, next_token_labels
+    from mmtlab.objectives.caption import IGNORE, caption_loss, next_token_labels
 
     model.eval()
     docs = build_documents(records, n_docs, max_chunks, seed)
     collate = InterleavedDocuments(docs, model.image_size, max_images=max_chunks).collator(tokenizer)
     gen = torch.Generator().manual_seed(seed)
     sums: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys((*CONDITIONS, "tokens"), 0.0))
-    batches = [
-        [d for d in docs if d.task == t][i : i + batch_size]
-        for t in TASKS
-        for i in range(0, sum(d.task == t for d in docs), batch_size)
-    ]
+    by_task = [[d for d in docs if d.task == t] for t in TASKS]
+    batches = [group[i : i + batch_size] for group in by_task for i in range(0, len(group), batch_size)]
     for chunk in track(batches, "held-out documents", enabled=progress):
         b = collate(chunk)
         labels = next_token_labels(b.tokens, b.text_mask, b.target_mask)
@@ -214,9 +207,7 @@ def image_worth(
         s = sums[chunk[0].task]
         s["tokens"] += int((labels != IGNORE).sum())
         for c in CONDITIONS:
-            logits = model(b.tokens, media[c])[:, :-1]
-            s[c] += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                          ignore_index=IGNORE, reduction="sum"))  # fmt: skip
+            s[c] += float(caption_loss(model(b.tokens, media[c])[:, :-1], labels, reduction="sum"))
     out = {}
     for task, s in sums.items():
         out[task] = {c: s[c] / max(s["tokens"], 1) for c in CONDITIONS} | {"tokens": int(s["tokens"])}

@@ -16,9 +16,11 @@ def next_token_labels(tokens: Tensor, text_mask: Tensor, target_mask: Tensor | N
     return tokens[:, 1:].masked_fill(~valid, IGNORE)
 
 
-def caption_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy (nats) over labelled positions; `logits` [B, T, V] aligned with `labels` [B, T]."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE)
+def caption_loss(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross-entropy (nats) over labelled positions, their mean or ("sum") their total; `logits`
+    [B, T, V] aligned with `labels` [B, T]."""
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    return F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE, reduction=reduction)
 
 
 class Caption(nn.Module):
