@@ -3,6 +3,7 @@ a weighted mixture, few-shot evaluation; and the interleaved readers on both pub
 
 import json
 
+import pytest
 import yaml
 from conftest import invoke, tiny_run_config
 
@@ -91,6 +92,10 @@ def test_flamingo_pipeline_from_the_command_line(tiny_data, tmp_path, monkeypatc
     assert (run / "eval" / "fewshot.png").stat().st_size > 0
     model = mmtlab.load(run)
     assert model.num_params(trainable_only=True) < model.num_params()
+    from mmtlab.eval.runs import EvalError, eval_probe
+
+    with pytest.raises(EvalError, match="probes need an encoder or data2vec run, not 'flamingo'"):
+        eval_probe(run)  # was a TypeError deep in the probe
 
     # Held-out loss by the images the documents see: the trained gates are open, so images move it;
     # closed gates make own, shuffled and no images the same frozen LM, exactly.

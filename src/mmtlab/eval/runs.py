@@ -291,6 +291,8 @@ def eval_probe(
 
     run_dir = Path(run_dir)
     model, cfg = load_run(run_dir, data)
+    if cfg.model.arch not in ("encoder", "data2vec"):  # the probes read encoder states, not decoders'
+        raise EvalError(f"{run_dir}: probes need an encoder or data2vec run, not {cfg.model.arch!r}")
     cfg.data.test_split = split
     torch.manual_seed(cfg.seed)  # the initialisation the run itself started from
     random_model = build_model(cfg)
