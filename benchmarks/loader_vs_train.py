@@ -21,13 +21,12 @@ import time
 import torch
 from common import write_result  # benchmarks/common.py
 
-from mmtlab.config import CONFIG_DIR, load_config
+from mmtlab.config import CONFIG_DIR, load_config, resolve
 from mmtlab.data.loader import training_batches, training_dataset
 from mmtlab.data.stream import ShardStream, shard_urls
 from mmtlab.data.tokenizer import TextTokenizer, train_wordpiece
 from mmtlab.models import build_model
 from mmtlab.objectives import build_objectives
-from mmtlab.train.loop import with_tokenizer
 from mmtlab.train.optim import build_optimizer
 
 
@@ -69,13 +68,13 @@ def main() -> None:
     base = load_config(args.config, args.set)
     captions = ShardStream(shard_urls(base.data), base.model.image.size).captions(5000)
     tok = TextTokenizer(train_wordpiece(captions, base.tokenizer.vocab_size), base.model.text.max_len)
-    base = with_tokenizer(base, tok)
+    base = resolve(base, tokenizer=tok)
     rows = []
     in_memory = list(itertools.islice(training_batches(training_dataset(base), base, tok), args.batches + 1))
     train_rate = train_pairs_per_s(base, iter(in_memory), args.batches)
     for fmt, workers in itertools.product(("karpathy", "webdataset"), [int(w) for w in args.workers.split(",")]):
         pipeline = [f"data.format={fmt}", f"data.num_workers={workers}"]
-        cfg = with_tokenizer(load_config(args.config, [*args.set, *pipeline]), tok)
+        cfg = resolve(load_config(args.config, [*args.set, *pipeline]), tokenizer=tok)
         loader_rate = pairs_per_s(training_batches(training_dataset(cfg), cfg, tok), args.batches)
         end_to_end = train_pairs_per_s(cfg, training_batches(training_dataset(cfg), cfg, tok), args.batches)
         rows.append(

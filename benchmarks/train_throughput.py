@@ -28,8 +28,9 @@ import torch
 from common import cpu_name, write_result  # benchmarks/common.py
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmtlab.config import CONFIG_DIR, DECODER_ARCHS, load_config
+from mmtlab.config import CONFIG_DIR, load_config
 from mmtlab.data.pairs import Batch
+from mmtlab.families import family
 from mmtlab.models import build_model
 from mmtlab.objectives import build_objectives
 from mmtlab.train.optim import build_optimizer
@@ -67,7 +68,7 @@ def measure_config(model_name: str, objectives: list[str] | None, precision: str
     model = load_config(CONFIG_DIR / "runs" / "demo.yaml").model_dump()["model"] if name == "demo" else name
     if objectives is None:
         arch = load_config({"model": model}, overrides).model.arch
-        objectives = ["contrastive", "caption"] if arch in DECODER_ARCHS else ["contrastive"]
+        objectives = ["contrastive", "caption"] if family(arch).passes == "decoder" else ["contrastive"]
     return load_config(
         {"model": model, "objectives": {o: 1.0 for o in objectives}},
         ["model.outputs=null", "model.text.vocab_size=4096", f"train.precision={precision}", *overrides],

@@ -7,7 +7,7 @@ from conftest import tiny_run_config
 from safetensors.torch import load_file
 
 import mmtlab
-from mmtlab.config import ConfigError, load_config
+from mmtlab.config import ConfigError, load_config, resolve
 from mmtlab.data.tokenizer import load_tokenizer
 from mmtlab.data.unimodal import ModalityBatch
 from mmtlab.models import Data2Vec, build_model
@@ -16,7 +16,7 @@ from mmtlab.objectives import build_objectives
 from mmtlab.objectives.data2vec import data2vec_pass, gather_rows, normalise, regression_loss, scatter_rows
 from mmtlab.objectives.masking import block_mask, span_mask
 from mmtlab.train.checkpoint import init_from, latest_checkpoint
-from mmtlab.train.loop import train, with_tokenizer
+from mmtlab.train.loop import train
 from mmtlab.train.optim import build_optimizer
 
 TINY_SPEECH = {
@@ -346,8 +346,8 @@ def d2v(model: dict) -> dict:
 @pytest.mark.parametrize(
     "raw, match",
     [
-        ({"model": {"arch": "data2vec"}, "objectives": {"contrastive": 1.0}}, "data2vec only"),
-        ({"objectives": {"data2vec": 1.0}}, "needs model.arch: data2vec"),
+        ({"model": {"arch": "data2vec"}, "objectives": {"contrastive": 1.0}}, "model.arch data2vec trains with: data2vec$"),
+        ({"objectives": {"data2vec": 1.0}}, "^objectives.data2vec needs model.arch data2vec;"),
         (d2v({"data2vec": {"image": {"layer_norm": "batch"}}}), r"model\.data2vec\.image\.layer_norm"),
         (d2v({"data2vec": {"modalities": ["speech", "image"]}}), "speech is trained on its own"),
         (d2v({"depth": 2, "data2vec": {"image": {"top_k": 3}}}), "top_k 3 exceeds depth 2"),
@@ -388,7 +388,7 @@ def test_data2vec_resume_equals_uninterrupted_and_initialises_a_dual_encoder(tin
     dual = load_config(tiny_run_config(tiny_data, steps=1, init_from=str(tmp_path / "whole")))
     train(dual, tmp_path / "dual", progress=False)
     assert (tmp_path / "dual" / "tokenizer.json").read_text() == (tmp_path / "whole" / "tokenizer.json").read_text()
-    model = build_model(with_tokenizer(dual, load_tokenizer(tmp_path / "dual" / "tokenizer.json")))
+    model = build_model(resolve(dual, tokenizer=load_tokenizer(tmp_path / "dual" / "tokenizer.json")))
     init_from(tmp_path / "whole", model)
     state = model.state_dict()
     assert {k.split(".")[0] for k in set(state) - set(a)} == {"contrastive"}

@@ -94,9 +94,9 @@ def test_equal_parameter_configs_are_equal_within_three_percent():
 def test_arch_and_objective_mismatches_are_clear_errors():
     from mmtlab.config import ConfigError
 
-    with pytest.raises(ConfigError, match="objectives.caption needs a text decoder"):
+    with pytest.raises(ConfigError, match="objectives.caption needs model.arch mammut or coca"):
         load_config({"objectives": {"caption": 1.0}})
-    with pytest.raises(ConfigError, match="objectives.mlm needs model.arch encoder"):
+    with pytest.raises(ConfigError, match="objectives.mlm needs model.arch encoder; model.arch mammut trains with"):
         run_config(objectives={"mlm": 1.0})
     with pytest.raises(ConfigError, match="does not fit arch"):
         run_config(layout="merged")

@@ -8,7 +8,7 @@ from mmtlab.config import RunConfig, load_config
 from mmtlab.data.tokenizer import load_tokenizer
 from mmtlab.models import build_model
 from mmtlab.models.model import MultimodalTransformer
-from mmtlab.train.checkpoint import latest_checkpoint, load_model_weights
+from mmtlab.rundir import latest_checkpoint, load_model_weights
 
 __all__ = ["build_model", "load", "load_config"]
 

@@ -119,6 +119,7 @@ def train(
     SIGTERM saves a checkpoint and exits with code 143; --resume continues on any number of processes.
     """
     from mmtlab.config import load_config
+    from mmtlab.eval.validation import Validation
     from mmtlab.train.loop import train as run_training
 
     if config is None and not (resume and out):
@@ -128,7 +129,7 @@ def train(
     else:
         cfg = load_config(out / "config.yaml", set_ or [])
     run_dir = out or Path("runs") / config.stem
-    result = run_training(cfg, run_dir, resume=resume)
+    result = run_training(cfg, run_dir, resume=resume, validate=Validation())
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for the run
         return
     if result.interrupted:  # SIGTERM: checkpointed; 128 + 15 tells a scheduler the run is not finished
@@ -537,8 +538,9 @@ def demo(
     from mmtlab.config import load_config
     from mmtlab.data.emoji_scenes import build_emoji_scenes
     from mmtlab.eval.runs import eval_retrieval
+    from mmtlab.eval.validation import Validation
     from mmtlab.report import write_run_report
-    from mmtlab.train.checkpoint import latest_checkpoint
+    from mmtlab.rundir import checkpoint_step, latest_checkpoint
     from mmtlab.train.loop import train as run_training
 
     cfg = load_config(config, [f"data.root={data}", *(set_ or [])])
@@ -548,11 +550,11 @@ def demo(
         shutil.rmtree(out)
     console.rule("[bold]2/3 training a dual encoder")
     ckpt = latest_checkpoint(out)
-    done_step = int(ckpt.name.split("_")[1]) if ckpt else 0
+    done_step = checkpoint_step(ckpt) if ckpt else 0
     if ckpt and done_step >= cfg.train.steps:
         console.print(f"{out} is already trained ({done_step} steps); use --fresh to train again")
     else:
-        result = run_training(cfg, out, resume=ckpt is not None)
+        result = run_training(cfg, out, resume=ckpt is not None, validate=Validation())
         console.print(f"trained {result.steps} steps at {result.pairs_per_second:.0f} pairs/s")
     console.rule("[bold]3/3 zero-shot retrieval on the test split")
     result = eval_retrieval(out, cfg.data.test_split)

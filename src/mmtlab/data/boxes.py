@@ -45,7 +45,3 @@ def box_geometry(boxes: Tensor, width: float | Tensor, height: float | Tensor) -
     h = torch.as_tensor(height, dtype=boxes.dtype, device=boxes.device)
     x1, y1, x2, y2 = boxes.unbind(-1)
     return torch.stack([x1 / w, y1 / h, x2 / w, y2 / h, box_area(boxes) / (w * h)], dim=-1)
-
-
-# The geometry of the global [IMG] region: the whole image.
-WHOLE_IMAGE_GEOMETRY = (0.0, 0.0, 1.0, 1.0, 1.0)

@@ -28,14 +28,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 from torch.utils.data import Dataset
 
+from mmtlab.batches import DocumentBatch  # noqa: F401  (defined with the other batch types)
 from mmtlab.data.pairs import BAD_IMAGE_ERRORS, load_image, to_float
 from mmtlab.data.tokenizer import TextTokenizer
 from mmtlab.io import atomic_write_text
@@ -249,27 +249,6 @@ def document_ids(
         ids.pop()
         n_images -= 1
     return ids, n_images
-
-
-@dataclass
-class DocumentBatch:
-    tokens: Tensor  # long [B, L], right-padded
-    text_mask: Tensor  # bool [B, L], True = real token
-    target_mask: Tensor  # bool [B, L]: tokens the LM loss predicts (not <image>)
-    images: Tensor | None = None  # float [N, 3, H, W]: the documents' images in order
-    image_counts: Tensor | None = None  # long [B]
-    skipped: int = 0  # documents dropped because an image did not decode
-    loss_weight: float = 1.0  # the dataset's weight in a mixture
-
-    def __len__(self) -> int:
-        return self.tokens.shape[0]
-
-    def to(self, device) -> DocumentBatch:
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        for k, v in moved.items():
-            if isinstance(v, Tensor):
-                moved[k] = v.to(device, non_blocking=True)
-        return DocumentBatch(**moved)
 
 
 class InterleavedDocuments(Dataset):

@@ -18,22 +18,14 @@ from mmtlab.data.sources import load_split
 from mmtlab.data.stream import ShardStream
 from mmtlab.data.tokenizer import TextTokenizer
 from mmtlab.data.vqa import VQACollator, VQAPairs
+from mmtlab.families import family_of
 
 
 def training_modalities(cfg: RunConfig) -> str:
-    """What one training item is: "pairs" (image + caption), or for a self-supervised model of one
-    modality "images", "captions" or "speech" (also "captions" for a text-only baseline), or
-    "documents" (interleaved image-text documents: Flamingo, or its LM on their text)."""
-    if cfg.model.arch == "flamingo" or (cfg.model.arch == "lm" and cfg.data.interleaved):
-        return "documents"
-    if cfg.data.text_only or cfg.model.arch == "lm":
-        return "captions"
-    if cfg.model.arch != "data2vec":
-        return "pairs"
-    mods = set(cfg.model.data2vec.modalities)
-    if mods == {"image", "text"}:
-        return "pairs"
-    return {"image": "images", "text": "captions", "speech": "speech"}[mods.pop()]
+    """What one training item is, as the model's family says (mmtlab/families.py): "pairs" (image +
+    caption), "images", "captions" or "speech" (one modality), "documents" (interleaved image-text
+    documents) or "document_text" (their text alone)."""
+    return family_of(cfg).data(cfg)
 
 
 def image_source(cfg: RunConfig, records, progress: bool = True):
@@ -54,21 +46,18 @@ def image_source(cfg: RunConfig, records, progress: bool = True):
     return ImageCache(records, cfg.model.image.size)
 
 
-def with_image_inputs(cfg: RunConfig, source) -> RunConfig:
-    """The config with the region feature size and class count taken from the detector's regions
-    (from the detector itself when there are none: a text-only run still builds a region model)."""
+def region_features(cfg: RunConfig, source) -> tuple[int, int] | None:
+    """(feature size, classes) of a region model's inputs, for config.resolve: from the detector's
+    regions, or from the detector itself when there are none (a text-only run still builds a region
+    model). None for pixel inputs."""
     if cfg.model.image.input != "regions":
-        return cfg
+        return None
     if source is None:
         from mmtlab.data.detector import load_detector
 
         det = load_detector(cfg.data.regions.detector)
-        dims = det.feature_dim, det.num_classes
-    else:
-        dims = source.feature_dim, source.num_classes
-    cfg = cfg.model_copy(deep=True)
-    cfg.model.image.region_dim, cfg.model.image.region_classes = dims
-    return cfg
+        return det.feature_dim, det.num_classes
+    return source.feature_dim, source.num_classes
 
 
 def training_dataset(cfg: RunConfig):
@@ -89,8 +78,8 @@ def training_dataset(cfg: RunConfig):
 
         spoken = load_spoken(cfg.data, cfg.data.speech_captions)
         return SpokenCaptions(spoken, cfg.data.speech_captions, cfg.model.speech.max_seconds, cfg.seed)
-    if kind == "documents":
-        return _documents(cfg)
+    if kind in ("documents", "document_text"):
+        return _documents(cfg, with_images=kind == "documents")
     records = load_split(cfg.data, cfg.data.train_split)
     if kind == "images":
         from mmtlab.data.unimodal import ImagesOnly
@@ -108,14 +97,14 @@ def training_dataset(cfg: RunConfig):
     return ImageTextPairs(records, cfg.model.image.size, cfg.data.max_train_pairs, images=images)
 
 
-def _documents(cfg: RunConfig):
-    """The text of interleaved documents (a causal LM), or Flamingo's mixture of documents and
-    image-caption pairs (the pairs: one-chunk documents of the training split)."""
+def _documents(cfg: RunConfig, with_images: bool):
+    """The text of interleaved documents (a causal LM), or a mixture of documents with their images
+    and image-caption pairs (the pairs: one-chunk documents of the training split; Flamingo)."""
     from mmtlab.data.interleaved import InterleavedDocuments, Mixture, pair_documents, read_documents
 
     d = cfg.data
     docs, corrupt = read_documents(d.interleaved) if d.interleaved else ([], 0)
-    if cfg.model.arch == "lm":
+    if not with_images:
         dataset = InterleavedDocuments(docs, 0, with_images=False)
         dataset.corrupt_documents = corrupt
         return dataset

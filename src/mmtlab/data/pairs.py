@@ -4,7 +4,6 @@ collation with tokenisation, and a resumable deterministic sampler."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -14,6 +13,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from mmtlab.batches import Batch  # noqa: F401  (defined with the other batch types)
 from mmtlab.data.tokenizer import TextTokenizer
 
 
@@ -126,31 +126,6 @@ class ImageTextPairs(Dataset):
     def captions(self) -> Iterator[str]:
         for ri, ci in self.pairs:
             yield self.records[ri].captions[ci]
-
-
-@dataclass
-class Batch:
-    images: Tensor  # float [B, 3, H, W] in [-1, 1], or a data.regions.Regions batch
-    tokens: Tensor  # long [B, L]
-    text_mask: Tensor  # bool [B, L], True = real token
-    image_index: Tensor  # long [B], record index of each pair's image
-    skipped: int = 0  # pairs dropped because their image could not be decoded
-    damaged_shards: int = 0  # streamed data: truncated or unreadable shards met since the previous batch
-    target_mask: Tensor | None = None  # bool [B, L]: tokens a generative loss predicts (None: all real ones)
-
-    def __len__(self) -> int:
-        return self.tokens.shape[0]
-
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(
-            self.images.to(device, non_blocking=True),
-            self.tokens.to(device, non_blocking=True),
-            self.text_mask.to(device, non_blocking=True),
-            self.image_index.to(device, non_blocking=True),
-            self.skipped,
-            self.damaged_shards,
-            None if self.target_mask is None else self.target_mask.to(device, non_blocking=True),
-        )
 
 
 class PairCollator:

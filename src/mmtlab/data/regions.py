@@ -31,6 +31,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from mmtlab.batches import Regions  # noqa: F401  (defined with the other batch types)
 from mmtlab.data.boxes import box_geometry, box_iou
 from mmtlab.data.detector import CROP, ToyDetector, crop_boxes, load_detector
 
@@ -80,47 +81,6 @@ def load_float_image(path: str | Path) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------- batches
-
-
-@dataclass
-class Regions:
-    """A batch of region inputs (the region analogue of an image tensor [B, 3, H, W]).
-
-    Indexing (`regions[idx]`) selects images like a tensor does, so code that pairs or repeats
-    images works for pixels and regions alike.
-    """
-
-    features: Tensor  # [B, R, F] detector features (zero where masked or padded)
-    geometry: Tensor  # [B, R, 5] x1/W, y1/H, x2/W, y2/H, area/(W*H)
-    mask: Tensor  # [B, R] bool, True = a real region
-    boxes: Tensor  # [B, R, 4] pixel boxes (for IoU/IoT alignment with phrases)
-    gold: Tensor  # [B, R] sprite id of the annotated object a region covers (IoU >= 0.5), -1: none
-    classifier_weight: Tensor  # [C, F] the detector's classifier: class logits = features @ W.T + b
-    classifier_bias: Tensor  # [C]
-    masked: Tensor | None = None  # [B, R] bool: regions hidden by masked region modelling
-
-    def __len__(self) -> int:
-        return self.features.shape[0]
-
-    def __getitem__(self, idx) -> Regions:
-        per_image = {
-            f.name: getattr(self, f.name)[idx]
-            for f in fields(self)
-            if f.name not in ("classifier_weight", "classifier_bias") and getattr(self, f.name) is not None
-        }
-        return replace(self, **per_image)
-
-    def to(self, device, non_blocking: bool = False) -> Regions:
-        moved = {
-            f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-            for f in fields(self)
-            if getattr(self, f.name) is not None
-        }
-        return replace(self, **moved)
-
-    def detector_logits(self) -> Tensor:
-        """[B, R, C] class logits of the detector for these features."""
-        return self.features.float() @ self.classifier_weight.float().T + self.classifier_bias.float()
 
 
 # ------------------------------------------------------------------------------------ the set

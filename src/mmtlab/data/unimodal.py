@@ -6,39 +6,16 @@ small interface the training loop uses for pairs: `len`, `captions()` (for the t
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from mmtlab.batches import ModalityBatch  # noqa: F401  (defined with the other batch types)
 from mmtlab.data.pairs import HasImageAndCaptions, ImageCache, to_float
 from mmtlab.data.speech import SpokenSet
 from mmtlab.data.tokenizer import TextTokenizer
-
-
-@dataclass
-class ModalityBatch:
-    """Whatever modalities a batch holds; absent ones are None."""
-
-    images: Tensor | None = None  # float [B, 3, H, W] in [-1, 1]
-    tokens: Tensor | None = None  # long [B, L]
-    text_mask: Tensor | None = None  # bool [B, L], True = real token
-    audio: Tensor | None = None  # float [B, T], zero mean and unit variance per utterance
-    audio_mask: Tensor | None = None  # bool [B, T], True = real sample (None: no padding)
-    skipped: int = 0  # items dropped because their file could not be decoded
-
-    def __len__(self) -> int:
-        return next(t.shape[0] for t in (self.images, self.tokens, self.audio) if t is not None)
-
-    def to(self, device: torch.device | str) -> ModalityBatch:
-        moved = {
-            f.name: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v
-            for f in fields(self)
-            for v in [getattr(self, f.name)]
-        }
-        return ModalityBatch(**moved)
 
 
 def _captions(records: Sequence[HasImageAndCaptions]) -> Iterator[str]:

@@ -101,7 +101,7 @@ def finetune_vqa(
     """Fine-tune a decoder run on VQA (answer-only caption loss) into RUN_DIR/vqa, initialised from
     the run's weights and tokenizer. Resumable; a finished fine-tune is reused."""
     from mmtlab.config import load_config
-    from mmtlab.train.checkpoint import latest_checkpoint
+    from mmtlab.rundir import checkpoint_step, latest_checkpoint
     from mmtlab.train.loop import train
 
     run_dir = Path(run_dir)
@@ -121,6 +121,6 @@ def finetune_vqa(
         overrides.append(f"train.batch_size={batch_size}")
     cfg = load_config(run_dir / "config.yaml", overrides)
     ckpt = latest_checkpoint(out)
-    if ckpt is None or int(ckpt.name.split("_")[1]) < steps:
+    if ckpt is None or checkpoint_step(ckpt) < steps:
         train(cfg, out, resume=ckpt is not None, progress=progress)
     return out

@@ -159,7 +159,7 @@ class Flamingo(nn.Module):
         """`load_frozen` from the latest checkpoints of flamingo.vision_run and flamingo.lm_run (or
         the Hugging Face model at flamingo.hf_lm)."""
         from mmtlab.models import hf_lm
-        from mmtlab.train.checkpoint import run_weights
+        from mmtlab.rundir import run_weights
 
         fc = self.cfg.flamingo
         _, vision = run_weights(fc.vision_run, "model.flamingo.vision_run")
@@ -261,14 +261,17 @@ class Flamingo(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
 
+def load_frozen_runs(model: Flamingo) -> int:
+    """The registry's `load_pretrained` hook (mmtlab/families.py)."""
+    return model.load_frozen_runs()
+
+
 def with_frozen_parts(cfg):
     """A flamingo run config completed from its frozen parts' runs: the LM's width, depth, heads,
     MLP ratio, text settings and tokenizer, and the vision run's model config (so the run directory
-    describes the whole model). Other arches pass through."""
+    describes the whole model). The registry's `complete` hook (mmtlab/families.py)."""
     from mmtlab.config import ConfigError, load_config
 
-    if cfg.model.arch != "flamingo":
-        return cfg
     fc = cfg.model.flamingo
 
     def run_config(run: str, field: str):

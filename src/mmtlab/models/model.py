@@ -11,8 +11,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from mmtlab.batches import Regions
 from mmtlab.config import ModelConfig
-from mmtlab.data.regions import Regions
 from mmtlab.models.fusion import FusionEncoder, build_layout, unimodal_prefix
 from mmtlab.models.heads import ContrastiveHead, ITMHead, MLMHead, MRMHead, pool
 from mmtlab.models.regions import RegionEmbedding

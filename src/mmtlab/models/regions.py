@@ -6,8 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mmtlab.data.boxes import WHOLE_IMAGE_GEOMETRY
-from mmtlab.data.regions import Regions
+from mmtlab.batches import WHOLE_IMAGE_GEOMETRY, Regions
 
 
 def global_region_feature(regions: Regions) -> Tensor:

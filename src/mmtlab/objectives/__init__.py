@@ -21,7 +21,8 @@ from functools import cached_property
 import torch
 from torch import Tensor, nn
 
-from mmtlab.config import DECODER_ARCHS, MRM_OBJECTIVES, RunConfig
+from mmtlab.config import MRM_OBJECTIVES, RunConfig
+from mmtlab.families import family_of
 from mmtlab.models.vision import random_crop_boxes
 from mmtlab.objectives.caption import Caption, caption_loss, next_token_labels
 from mmtlab.objectives.contrastive import Contrastive, info_nce
@@ -100,6 +101,7 @@ class StepContext:
         self.mask_prob = self.plan.text_mask_prob
         self.bank = bank
         self.dp = dp  # train.distributed.DataParallel, or None in a single process
+        self.passes = family_of(model).passes  # which passes this family runs (mmtlab/families.py)
 
     @property
     def world(self) -> int:
@@ -114,7 +116,7 @@ class StepContext:
 
     @property
     def decoder(self) -> bool:
-        return self.model.cfg.arch in DECODER_ARCHS
+        return self.passes == "decoder"
 
     @cached_property
     def pos_box(self) -> Tensor | None:
@@ -154,12 +156,12 @@ class StepContext:
     def caption(self) -> CaptionPass:
         """Decoder families: the generative pass (causal, cross-attention to the image)."""
         b = self.batch
-        if hasattr(self.model, "sequence_logits"):  # a causal LM or Flamingo: the batch holds all it reads
-            logits = self.model.sequence_logits(b)[:, :-1]
-            return CaptionPass(logits, next_token_labels(b.tokens, b.text_mask, getattr(b, "target_mask", None)))
-        reuse = self.text_features if self.model.caption_continues_contrastive else None
-        logits = self.model.caption_logits(self.image_tokens, b.tokens, text_features=reuse)[:, :-1]
-        return CaptionPass(logits, next_token_labels(b.tokens, b.text_mask, b.target_mask))
+        if self.passes == "sequence":  # a causal LM or Flamingo: the batch holds all it reads
+            logits = self.model.sequence_logits(b)
+        else:
+            reuse = self.text_features if self.model.caption_continues_contrastive else None
+            logits = self.model.caption_logits(self.image_tokens, b.tokens, text_features=reuse)
+        return CaptionPass(logits[:, :-1], next_token_labels(b.tokens, b.text_mask, b.target_mask))
 
     def similarity(self) -> Tensor:
         """Contrastive logits [B, B] of the batch (image x caption), without gradient."""
@@ -313,7 +315,7 @@ class Objectives(nn.Module):
             parts[name] = value.detach()
             total = total + self.weights[name] * value
         # A dataset's weight in a mixture (Flamingo's per-dataset loss weights); 1 otherwise.
-        return total * getattr(batch, "loss_weight", 1.0), {name: parts[name] for name in self.losses}
+        return total * batch.loss_weight, {name: parts[name] for name in self.losses}
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         """Called by the training loop after optimizer step `step` (1-based)."""

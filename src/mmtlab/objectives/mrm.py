@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmtlab.data.regions import Regions
+from mmtlab.batches import Regions
 
 
 def mask_regions(

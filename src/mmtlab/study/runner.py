@@ -78,7 +78,8 @@ def run_study(
 ) -> Path:
     from mmtlab.data.emoji_scenes import build_emoji_scenes
     from mmtlab.eval.runs import EVALS
-    from mmtlab.train.checkpoint import latest_checkpoint
+    from mmtlab.eval.validation import Validation
+    from mmtlab.rundir import checkpoint_step, latest_checkpoint
     from mmtlab.train.loop import train
 
     console = console or stderr
@@ -108,9 +109,11 @@ def run_study(
         build_emoji_scenes(data_dir, **kwargs)
     for name, cfg in pretrain.items():
         ckpt = latest_checkpoint(pretrained[name])
-        if ckpt is None or int(ckpt.name.split("_")[1]) < cfg.train.steps:
+        if ckpt is None or checkpoint_step(ckpt) < cfg.train.steps:
             console.rule(f"pretraining {name}")
-            if train(cfg, pretrained[name], resume=ckpt is not None, console=console).interrupted:
+            if train(
+                cfg, pretrained[name], resume=ckpt is not None, console=console, validate=Validation()
+            ).interrupted:
                 raise StudyStopped(f"SIGTERM: stopped during {pretrained[name]} (checkpointed); rerun the study")
     for i, ((cell, seed), cfg) in enumerate(configs.items(), 1):
         run_dir = run_dir_of(out, cell, seed)
@@ -123,8 +126,11 @@ def run_study(
             continue
         console.rule(f"[{i}/{total}] {cell.name}, seed {seed}" + (f": evaluating {', '.join(todo)}" if metrics else ""))
         ckpt = latest_checkpoint(run_dir)
-        unfinished = ckpt is None or int(ckpt.name.split("_")[1]) < cfg.train.steps
-        if unfinished and train(cfg, run_dir, resume=ckpt is not None, console=console).interrupted:
+        unfinished = ckpt is None or checkpoint_step(ckpt) < cfg.train.steps
+        if (
+            unfinished
+            and train(cfg, run_dir, resume=ckpt is not None, console=console, validate=Validation()).interrupted
+        ):
             raise StudyStopped(f"SIGTERM: stopped during {run_dir} (checkpointed); rerun the study to continue")
         for name in todo:
             params = {k: with_pretrained(v, pretrained) for k, v in spec.evals[name].items()}

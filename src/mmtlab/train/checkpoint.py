@@ -1,7 +1,8 @@
 """Atomic safetensors checkpoints: model weights, optimizer state and a small JSON of loop state.
 
 A checkpoint is a directory `checkpoints/step_{N:08d}` written under a temporary name and renamed
-into place, so every directory with that name is complete; resume takes the highest N. Nothing is
+into place, so every directory with that name is complete; resume takes the highest N (reading a
+run directory's checkpoints: mmtlab/rundir.py). Nothing is
 unpickled: tensors come from safetensors and the rest from JSON.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmtlab.io import atomic_write_json
-
-_STEP_DIR = re.compile(r"^step_(\d{8})$")
+from mmtlab.rundir import checkpoint_dirs, latest_checkpoint, load_model_weights, run_weights
 
 
 class CheckpointError(RuntimeError):
@@ -50,19 +49,6 @@ def remove_partial_checkpoints(run_dir: Path) -> int:
     for d in stale:
         shutil.rmtree(d, ignore_errors=True)
     return len(stale)
-
-
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
-    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    dirs = checkpoint_dirs(run_dir)
-    return dirs[-1] if dirs else None
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -113,16 +99,6 @@ def save_checkpoint(
     return final
 
 
-def load_model_weights(ckpt: Path, model: nn.Module, strict: bool = True) -> None:
-    weights = load_file(Path(ckpt) / "model.safetensors")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if strict and (missing or unexpected):
-        raise ValueError(
-            f"{ckpt}: checkpoint does not match the model (missing {list(missing)[:5]}, "
-            f"unexpected {list(unexpected)[:5]})"
-        )
-
-
 def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
     """Restore weights (and optimizer state); return the JSON state (it holds 'step')."""
     ckpt = Path(ckpt)
@@ -139,16 +115,6 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             state.setdefault(int(idx), {})[k] = v
         optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
     return meta
-
-
-def run_weights(source: str | Path, field: str) -> tuple[Path, dict[str, torch.Tensor]]:
-    """The full weights of a run's latest checkpoint (or of a checkpoint directory), and that
-    checkpoint; `field` names the config field in the error when there is none."""
-    source = Path(source)
-    ckpt = latest_checkpoint(source) if (source / "checkpoints").is_dir() else source
-    if ckpt is None or not (ckpt / "model.safetensors").exists():
-        raise FileNotFoundError(f"{field}: no checkpoint in {source}")
-    return ckpt, load_file(ckpt / "model.safetensors")
 
 
 def init_from(source: str | Path, model: nn.Module) -> int:

@@ -15,28 +15,24 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from rich.console import Console
 
-from mmtlab.config import ConfigError, RunConfig, dump_config
-from mmtlab.data.loader import image_source, training_batches, training_dataset, with_image_inputs
-from mmtlab.data.sources import load_split
+from mmtlab.config import ConfigError, RunConfig, dump_config, resolve
+from mmtlab.data.loader import region_features, training_batches, training_dataset
 from mmtlab.data.tokenizer import TextTokenizer, load_tokenizer, train_wordpiece
+from mmtlab.families import family_of
 from mmtlab.io import atomic_write_text
 from mmtlab.models import build_model
 from mmtlab.objectives import build_objectives
 from mmtlab.progress import stderr, training_progress
+from mmtlab.rundir import latest_checkpoint
 from mmtlab.train.blocks import apply_block_options
-from mmtlab.train.checkpoint import (
-    init_from,
-    latest_checkpoint,
-    load_checkpoint,
-    remove_partial_checkpoints,
-    save_checkpoint,
-)
+from mmtlab.train.checkpoint import init_from, load_checkpoint, remove_partial_checkpoints, save_checkpoint
 from mmtlab.train.distributed import DataParallel, parallelize
 from mmtlab.train.distributed import setup as setup_distributed
 from mmtlab.train.logging import MetricsLog
@@ -46,6 +42,10 @@ from mmtlab.train.signals import StopOnSignal
 
 class RunDirError(RuntimeError):
     pass
+
+
+# validate(model, tokenizer, resolved config, device) -> metrics, every train.eval_every steps
+Validate = Callable[[torch.nn.Module, TextTokenizer, RunConfig, torch.device], dict]
 
 
 @dataclass
@@ -79,20 +79,6 @@ def prepare_tokenizer(cfg: RunConfig, run_dir: Path, captions) -> TextTokenizer:
     return tok
 
 
-def with_tokenizer(cfg: RunConfig, tok: TextTokenizer) -> RunConfig:
-    """The config with the model's vocabulary and special ids taken from the tokenizer."""
-    cfg = cfg.model_copy(deep=True)
-    t = cfg.model.text
-    t.vocab_size, t.pad_id, t.cls_id, t.sep_id, t.mask_id = (
-        tok.vocab_size,
-        tok.pad_id,
-        tok.cls_id,
-        tok.sep_id,
-        tok.mask_id,
-    )
-    return cfg
-
-
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -105,14 +91,20 @@ def train(
     stop_after: int | None = None,
     console: Console | None = None,
     progress: bool = True,
+    validate: Validate | None = None,
 ) -> TrainResult:
     """Train `cfg` into `run_dir`. `stop_after` ends the process early (as if killed) after that
     many optimizer steps, having checkpointed them; a later `resume=True` call finishes the run.
+    `validate(model, tokenizer, cfg, device) -> metrics` runs every train.eval_every steps (the
+    CLI passes eval/validation.py's; the loop itself knows no evaluation).
 
     Under torchrun (or in a process group the caller initialised) every process calls this alike."""
     dp = setup_distributed()
+    console = console or stderr
+    if cfg.train.eval_every and validate is None and dp.is_main:
+        console.print("train.eval_every is set, but no validation callback was given: validation is skipped")
     try:
-        result = _train(cfg, Path(run_dir), dp, resume, stop_after, console or stderr, progress and dp.is_main)
+        result = _train(cfg, Path(run_dir), dp, resume, stop_after, console, progress and dp.is_main, validate)
     except BaseException:
         dp.close(barrier=False)  # other ranks may be gone: waiting for them could hang
         raise
@@ -129,7 +121,14 @@ class _NoLog:
 
 
 def _train(
-    cfg: RunConfig, run_dir: Path, dp: DataParallel, resume: bool, stop_after: int | None, console, progress: bool
+    cfg: RunConfig,
+    run_dir: Path,
+    dp: DataParallel,
+    resume: bool,
+    stop_after: int | None,
+    console,
+    progress: bool,
+    validate: Validate | None,
 ) -> TrainResult:
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None and not resume:
@@ -147,31 +146,29 @@ def _train(
         torch.set_num_threads(cfg.train.threads)
     device = dp.device
 
-    if cfg.model.arch == "flamingo":
-        from mmtlab.models.flamingo import with_frozen_parts
-
-        cfg = with_frozen_parts(cfg)
+    fam = family_of(cfg)
+    complete = fam.hook("complete")  # a config completed from other runs (Flamingo's frozen parts)
+    if complete is not None:
+        cfg = complete(cfg)
     pairs = training_dataset(cfg)
     if dp.is_main:
         tok = prepare_tokenizer(cfg, run_dir, pairs.captions())
     dp.barrier()
     if not dp.is_main:
         tok = load_tokenizer(run_dir / "tokenizer.json", cfg.model.text.max_len)
-    cfg = with_image_inputs(with_tokenizer(cfg, tok), getattr(pairs, "images", None))
+    cfg = resolve(cfg, tokenizer=tok, image_features=region_features(cfg, getattr(pairs, "images", None)))
     if dp.is_main:
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    val_records = (
-        load_split(cfg.data, cfg.data.val_split)[: cfg.train.eval_max_images] if cfg.train.eval_every else None
-    )
-    val_source = image_source(cfg, val_records, progress=False) if val_records is not None else None
+    validate = validate if cfg.train.eval_every else None
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
     objectives = build_objectives(cfg).to(device)
     objectives.bind_data(pairs, tok)
     resuming = ckpt is not None and resume
-    if not resuming and hasattr(model, "load_frozen_runs"):  # Flamingo: the frozen vision encoder and LM
-        loaded = model.load_frozen_runs()
+    load_pretrained = fam.hook("load_pretrained")  # frozen parts from other runs (Flamingo)
+    if not resuming and load_pretrained is not None:
+        loaded = load_pretrained(model)
         if dp.is_main:
             console.print(
                 f"loaded {loaded} frozen tensors; {model.num_params(trainable_only=True):,} of "
@@ -277,8 +274,8 @@ def _train(
                     console.print(f"SIGTERM: stopped after step {done} with a checkpoint; continue with --resume")
                 end = done
                 break
-            if val_records is not None and (done % tcfg.eval_every == 0 or done == total):
-                val = validate(model, tok, val_records, cfg, device, val_source)
+            if validate is not None and (done % tcfg.eval_every == 0 or done == total):
+                val = validate(model, tok, cfg, device)
                 log.log(done, **{f"val/{k}": v for k, v in val.items() if isinstance(v, int | float)})
                 model.train()
     log.close()
@@ -299,16 +296,3 @@ def _load_checkpoint(ckpt: Path, model, optimizer, dp: DataParallel) -> dict:
     if dp.distributed:
         return load_full_checkpoint(ckpt, model, optimizer)
     return load_checkpoint(ckpt, model, optimizer)
-
-
-def validate(model, tok, records, cfg: RunConfig, device, source=None) -> dict:
-    kw = dict(batch_size=cfg.eval.batch_size, device=device, progress=False, source=source)
-    if model.contrastive is not None:
-        from mmtlab.eval.retrieval import evaluate_retrieval
-
-        return evaluate_retrieval(model, tok, records, **kw)
-    if model.mlm is None:  # an ITM-only cross-encoder: no cheap validation metric
-        return {}
-    from mmtlab.eval.mlm import evaluate_mlm
-
-    return evaluate_mlm(model, tok, records, **kw)

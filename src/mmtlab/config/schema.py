@@ -1,0 +1,421 @@
+"""The run config schema: pydantic sections with one-line errors. Validators here only validate;
+every derived field (heads from objectives, vocabulary from the tokenizer, ...) is filled in by
+config/resolve.py. A family's rules (its layout, objectives, fields) come from its registry entry
+(mmtlab/families.py), so no family is named here."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from mmtlab.config.base import Strict
+from mmtlab.config.sections import Data2VecConfig, FlamingoConfig, SpeechConfig
+from mmtlab.families import FAMILIES, FAMILY_LAYOUTS, family
+
+
+class ImageConfig(Strict):
+    size: int = Field(64, gt=0, description="input resolution in pixels (square)")
+    patch: int = Field(8, gt=0, description="ViT patch size in pixels")
+    channels: int = 3
+    input: Literal["patches", "regions"] = Field(
+        "patches", description="pixels cut into ViT patches, or toy-detector regions (data.regions)"
+    )
+    region_dim: int | None = Field(None, description="region feature size; filled in from the detector")
+    region_classes: int | None = Field(None, description="detector classes; filled in from the detector")
+    cpe: bool = Field(
+        False, description="cropped positional embeddings (RO-ViT, MaMMUT): train on a random crop of the grid"
+    )
+    cpe_scale: tuple[float, float] = Field((0.1, 1.0), description="CPE: range of the crop's area fraction")
+    cpe_ratio: tuple[float, float] = Field((0.5, 2.0), description="CPE: range of the crop's aspect ratio")
+
+    @model_validator(mode="after")
+    def _cpe_ranges(self):
+        lo, hi = self.cpe_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"image.cpe_scale must satisfy 0 < low <= high <= 1, got {self.cpe_scale}")
+        if not 0 < self.cpe_ratio[0] <= self.cpe_ratio[1]:
+            raise ValueError(f"image.cpe_ratio must satisfy 0 < low <= high, got {self.cpe_ratio}")
+        return self
+
+
+class TextConfig(Strict):
+    max_len: int = Field(32, gt=1, description="captions are truncated to this many tokens")
+    vocab_size: int | None = Field(None, description="filled in from the tokenizer")
+    pad_id: int = 0
+    cls_id: int = 2
+    sep_id: int = 3
+    mask_id: int = 4
+
+
+OutputHead = Literal["contrastive", "mlm", "mrm", "itm"]
+
+
+class ModelConfig(Strict):
+    arch: str = Field("encoder", description="model family: a name in mmtlab/families.py (encoder, mammut, ...)")
+    layout: Literal[
+        "merged",
+        "modality_specific",
+        "asym_text_queries",
+        "asym_image_queries",
+        "coattention",
+        "lxmert",
+        "mixed",
+        "mammut",
+        "coca",
+        "dual_captioner",
+        "lm",
+        "flamingo",
+    ] = Field("modality_specific", description="attention layout preset; decoder families: the arch's own")
+    layout_args: dict[str, Any] = Field(default_factory=dict, description="extra preset arguments, e.g. {k: 2}")
+    width: int = Field(128, gt=0)
+    depth: int = Field(4, ge=0)
+    heads: int = Field(4, gt=0, description="attention heads")
+    mlp_ratio: float = Field(4.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    gelu: Literal["exact", "tanh"] = Field("exact", description="the MLPs' GELU: exact (erf) or tanh (GPT-2's)")
+    pool: Literal["cls", "mean"] = "cls"
+    embed_dim: int = Field(128, gt=0, description="joint embedding size of the contrastive head")
+    outputs: list[OutputHead] | None = Field(None, description="output heads; default: what the objectives need")
+    image: ImageConfig = Field(default_factory=ImageConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    logit_bias: float | None = Field(
+        None, description="learned bias of the contrastive logits; -10 (SigLIP) when a sigmoid loss is used"
+    )
+    caption_queries: int | None = Field(
+        None, gt=0, description="coca: attention-pool the image to N learned queries for the decoder (null: all tokens)"
+    )
+    speech: SpeechConfig | None = Field(None, description="speech front end (data2vec speech models)")
+    data2vec: Data2VecConfig | None = Field(None, description="teacher-student settings (arch: data2vec)")
+    flamingo: FlamingoConfig | None = Field(None, description="frozen parts and new modules (arch: flamingo)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, data):
+        # Parsing defaults that depend on the family: its own layout preset, an empty data2vec section
+        # (filled with per-modality defaults) and the speech front end a speech model needs.
+        if not isinstance(data, dict) or data.get("arch", "encoder") not in FAMILIES:
+            return data
+        fam = family(data.get("arch", "encoder"))
+        if fam.layout and "layout" not in data:
+            data = {**data, "layout": fam.layout}
+        if "data2vec" in fam.fields:
+            data = {**data, "data2vec": data.get("data2vec") or {}}
+            mods = data["data2vec"].get("modalities", []) if isinstance(data["data2vec"], dict) else []
+            if "speech" in (mods or []) and data.get("speech") is None:
+                data["speech"] = {}
+        return data
+
+    @field_validator("arch")
+    @classmethod
+    def _known_family(cls, arch: str) -> str:
+        if arch not in FAMILIES:
+            raise ValueError(f"unknown family {arch!r}; known: {', '.join(FAMILIES)} (mmtlab/families.py)")
+        return arch
+
+    @model_validator(mode="after")
+    def _family_rules(self):
+        fam = family(self.arch)
+        if fam.layout and self.layout != fam.layout:
+            raise ValueError(f"layout {self.layout!r} does not fit arch {self.arch!r} (use layout: {fam.layout})")
+        if not fam.layout and self.layout in FAMILY_LAYOUTS:
+            owner = next(name for name, f in FAMILIES.items() if f.layout == self.layout)
+            raise ValueError(f"layout {self.layout!r} needs arch: {owner}")
+        for name in FAMILY_FIELDS:
+            owners = [a for a, f in FAMILIES.items() if name in f.fields]
+            if getattr(self, name) is not None and name not in fam.fields:
+                raise ValueError(f"{name}: only used with model.arch {' or '.join(owners)}")
+        if "flamingo" in fam.fields and self.flamingo is None:
+            raise ValueError("flamingo: the section is required by model.arch: flamingo")
+        return self
+
+    @model_validator(mode="after")
+    def _divisible(self):
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+        if self.image.size % self.image.patch:
+            raise ValueError(f"image.size {self.image.size} must be a multiple of image.patch {self.image.patch}")
+        return self
+
+    @model_validator(mode="after")
+    def _data2vec(self):
+        d = self.data2vec
+        if d is None:
+            return self
+        if "speech" in d.modalities and self.speech is None:
+            raise ValueError("speech: a speech model needs the speech section")
+        for m in d.modalities:
+            mc = getattr(d, m)
+            if mc.top_k is not None and mc.top_k > self.depth:
+                raise ValueError(f"data2vec.{m}.top_k {mc.top_k} exceeds depth {self.depth}")
+            if d.efficient and self.width % mc.decoder_groups:
+                raise ValueError(f"data2vec.{m}.decoder_groups {mc.decoder_groups} must divide width {self.width}")
+        return self
+
+
+# Model fields that only some families read (their sections, coca's caption_queries).
+FAMILY_FIELDS = sorted({name for f in FAMILIES.values() for name in f.fields})
+
+
+class TokenizerConfig(Strict):
+    path: str | None = Field(None, description="a tokenizer.json to use; null trains WordPiece on the train captions")
+    vocab_size: int = Field(4096, ge=64)
+
+
+class RegionsConfig(Strict):
+    num_regions: int = Field(8, ge=1, le=100, description="proposal boxes per image (gold jittered + distractors)")
+    seed: int = Field(0, description="proposal seed")
+    detector: str | None = Field(None, description="toy detector safetensors; default: the one shipped")
+    cache_dir: str | None = Field(None, description="region feature cache; default $MMTLAB_CACHE or ~/.cache/mmtlab")
+
+
+class DataConfig(Strict):
+    root: str = Field("data/emoji-scenes", description="dataset directory (built by `mmtlab data build`)")
+    format: Literal["karpathy", "webdataset"] = Field(
+        "karpathy", description="karpathy: JSON + image files; webdataset: streamed from tar shards (data.shards)"
+    )
+    shards: str | None = Field(
+        None,
+        description="webdataset: brace pattern or ::-separated list of .tar shards, e.g. "
+        "/data/laion/{000000..041407}.tar; default: root/shards/<train_split>-*.tar",
+    )
+    resampled: bool = Field(False, description="webdataset: draw shards with replacement (no epochs)")
+    shuffle_buffer: int = Field(1000, ge=0, description="webdataset: samples in the shuffle buffer (0: no shuffle)")
+    stream_resume: Literal["exact", "reseed"] = Field(
+        "exact",
+        description="webdataset resume: exact replays the consumed samples (reads, does not decode, them); "
+        "reseed starts a fresh stream seeded by the step",
+    )
+    annotations: str | None = Field(None, description="Karpathy JSON; default: the one file dataset_*.json in root")
+    images: str | None = Field(None, description="image root; default: root/images (emoji-scenes) or root")
+    train_split: str = "pretrain"
+    val_split: str = "val"
+    test_split: str = "test"
+    num_workers: int = Field(0, ge=0)
+    max_train_pairs: int | None = Field(None, gt=0, description="use only the first N training pairs")
+    regions: RegionsConfig = Field(default_factory=RegionsConfig, description="region inputs (model.image.input)")
+
+    text_only: bool = Field(
+        False,
+        description="train on the captions alone, no image input (with objectives mlm): the text-only "
+        "baseline of the cross-modal ablation (`mmtlab ablate --baseline`)",
+    )
+    task: Literal["captions", "vqa"] = Field(
+        "captions", description="training text: captions, or VQA prompts from each image's boxes (answer-only loss)"
+    )
+    speech_root: str | None = Field(
+        None, description="spoken captions (tools/render_spoken_captions.py); null: the shipped set, or <root>-speech"
+    )
+    speech_captions: int | None = Field(
+        None, gt=0, description="spoken captions to train on; more than the shipped set are rendered on first use"
+    )
+
+    interleaved: str | None = Field(
+        None,
+        description="interleaved image-text documents: a directory of *.jsonl shards or one .jsonl file "
+        "(OBELICS-like {images, texts} or MMC4-like {text_list, image_info}); `mmtlab data interleaved` writes them",
+    )
+    mixture: dict[Literal["interleaved", "pairs"], float] | None = Field(
+        None,
+        description="flamingo: per-dataset loss weights, e.g. {interleaved: 1.0, pairs: 0.5}; every optimizer "
+        "step accumulates gradients over train.grad_accum micro-batches taken from the datasets in turn",
+    )
+    max_images: int = Field(8, gt=0, description="interleaved documents: images kept per document")
+
+    @model_validator(mode="after")
+    def _stream_fields(self):
+        if self.format == "webdataset" and self.max_train_pairs is not None:
+            raise ValueError("data.max_train_pairs applies to format karpathy; a webdataset stream has no length")
+        return self
+
+
+class TrainConfig(Strict):
+    steps: int = Field(1000, gt=0, description="optimizer steps")
+    batch_size: int = Field(
+        128, gt=0, description="pairs per micro-batch over all processes (under torchrun each takes batch_size / N)"
+    )
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = Field(100, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
+    grad_clip: float | None = Field(1.0, gt=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    data_parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: ddp replicates the model, fsdp shards it per block (FSDP2)"
+    )
+    activation_checkpointing: bool = Field(False, description="recompute each block's activations in backward")
+    compile: bool = Field(False, description="torch.compile each block")
+    log_every: int = Field(10, gt=0)
+    checkpoint_every: int = Field(250, gt=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    eval_every: int | None = Field(None, gt=0, description="validation retrieval every N steps")
+    eval_max_images: int = Field(500, gt=0)
+    threads: int | None = Field(None, gt=0, description="torch intra-op threads; default: all cores")
+    init_from: str | None = Field(None, description="run dir or checkpoint to initialise matching weights from")
+
+
+ObjectiveName = Literal[
+    "contrastive",
+    "siglip",
+    "focal_contrastive",
+    "zloss",
+    "mlm",
+    "caption",
+    "mrm_cls",
+    "mrm_kl",
+    "mrm_regress",
+    "itm",
+    "itm_contrastive",
+    "data2vec",
+]
+MRM_OBJECTIVES = ("mrm_cls", "mrm_kl", "mrm_regress")
+# The output head each objective trains (caption uses the decoder's tied LM head, always present).
+OBJECTIVE_HEADS = {
+    "contrastive": "contrastive",
+    "siglip": "contrastive",
+    "focal_contrastive": "contrastive",
+    "zloss": "contrastive",
+    "mlm": "mlm",
+    "mrm_cls": "mrm",
+    "mrm_kl": "mrm",
+    "mrm_regress": "mrm",
+    "itm": "itm",
+    "itm_contrastive": "itm",
+}
+SIGMOID_LOSSES = ("siglip", "focal_contrastive")
+
+
+class ObjectiveConfig(Strict):
+    weight: float = Field(1.0, ge=0)
+    mask_prob: float | None = Field(
+        None, gt=0, lt=1, description="mlm: fraction of tokens to mask; mrm_*: of regions (0.15)"
+    )
+    negatives: Literal["random", "hard"] | None = Field(
+        None, description="itm / itm_contrastive: random batch captions, or hard ones mined from contrastive similarity"
+    )
+    loss: Literal["mse", "huber"] | None = Field(None, description="mrm_regress: regression loss (mse)")
+    candidates: int | None = Field(
+        None, ge=2, description="itm_contrastive: captions scored per image, the positive included (32)"
+    )
+    gamma: float | None = Field(None, ge=0, description="focal_contrastive: focusing parameter (1.0)")
+
+
+class EvalConfig(Strict):
+    batch_size: int = Field(256, gt=0)
+
+
+class RunConfig(Strict):
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    objectives: dict[ObjectiveName, ObjectiveConfig] = Field(default_factory=lambda: {"contrastive": ObjectiveConfig()})
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _weights_as_numbers(cls, v):
+        if isinstance(v, dict):
+            return {k: {"weight": w} if isinstance(w, int | float) else w for k, w in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _objectives_fit(self):
+        if not self.objectives:
+            raise ValueError("objectives: at least one objective is needed (contrastive, mlm, caption, ...)")
+        _check_objective_options(self)
+        arch = self.model.arch
+        fam = family(arch)
+        for name in self.objectives:
+            if name not in fam.objectives:
+                owners = [a for a, f in FAMILIES.items() if name in f.objectives]
+                raise ValueError(
+                    f"objectives.{name} needs model.arch {' or '.join(owners)}; "
+                    f"model.arch {arch} trains with: {', '.join(sorted(fam.objectives))}"
+                )
+        needed = heads_for(self.objectives)
+        if self.model.outputs is not None:
+            missing = [h for h in needed if h not in self.model.outputs]
+            if missing:
+                raise ValueError(f"model.outputs lacks {missing}, needed by the objectives")
+        if self.data.text_only and set(self.objectives) != {"mlm"}:
+            raise ValueError(
+                f"data.text_only trains on captions alone: objectives must be mlm only, got {sorted(self.objectives)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _data_fits(self):
+        arch, data = self.model.arch, self.data
+        fam = family(arch)
+        if data.task == "vqa" and not fam.generative:
+            generative = [a for a, f in FAMILIES.items() if f.generative]
+            raise ValueError(f"data.task vqa trains a generative answer: model.arch must be one of {generative}")
+        kind = fam.data(self)
+        if data.mixture is not None:
+            if kind != "documents":
+                raise ValueError(
+                    f"data.mixture: model.arch {arch} does not train on a mixture of datasets "
+                    f"(families that train on interleaved documents do: {', '.join(_document_families(self))})"
+                )
+            if self.train.grad_accum % len(data.mixture):
+                raise ValueError(
+                    f"train.grad_accum {self.train.grad_accum} must be a multiple of the {len(data.mixture)} "
+                    "datasets in data.mixture (each step takes micro-batches from every dataset in turn)"
+                )
+        uses_docs = kind == "documents" and (data.mixture is None or "interleaved" in data.mixture)
+        if uses_docs and data.interleaved is None:
+            raise ValueError(
+                f"data.interleaved: model.arch {arch} trains on interleaved documents; give their directory"
+            )
+        return self
+
+
+def _document_families(cfg: RunConfig) -> list[str]:
+    found = []
+    for name, f in FAMILIES.items():
+        try:
+            if f.data(cfg) == "documents":
+                found.append(name)
+        except AttributeError:  # a data function reading a section this config lacks
+            pass
+    return found
+
+
+def heads_for(objectives) -> list[str]:
+    """The output heads the objectives train, in order (caption uses the decoder's tied LM head)."""
+    return list(dict.fromkeys(OBJECTIVE_HEADS[o] for o in objectives if o in OBJECTIVE_HEADS))
+
+
+# Which objectives each option applies to.
+_OPTION_OWNERS = {
+    "mask_prob": ("mlm", *MRM_OBJECTIVES),
+    "negatives": ("itm", "itm_contrastive"),
+    "loss": ("mrm_regress",),
+    "candidates": ("itm_contrastive",),
+    "gamma": ("focal_contrastive",),
+}
+
+
+def _check_objective_options(cfg: RunConfig) -> None:
+    for name, oc in cfg.objectives.items():
+        for option, owners in _OPTION_OWNERS.items():
+            if getattr(oc, option) is not None and name not in owners:
+                raise ValueError(f"objectives.{name}.{option}: only applies to {', '.join(owners)}")
+    mrm = [n for n in MRM_OBJECTIVES if n in cfg.objectives]
+    if mrm and cfg.model.image.input != "regions":
+        raise ValueError(f"objectives.{mrm[0]}: masked region modelling needs model.image.input: regions")
+    probs = {cfg.objectives[n].mask_prob for n in mrm} - {None}
+    if len(probs) > 1:
+        raise ValueError(f"objectives: {', '.join(mrm)} share one region masking; give them the same mask_prob")
+    for name in ("itm", "itm_contrastive"):
+        oc = cfg.objectives.get(name)
+        if oc is not None and oc.negatives == "hard" and "contrastive" not in cfg.objectives:
+            raise ValueError(
+                f"objectives.{name}.negatives: hard negatives are mined from contrastive similarities; "
+                "add the contrastive objective"
+            )
