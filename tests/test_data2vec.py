@@ -346,7 +346,7 @@ def d2v(model: dict) -> dict:
 @pytest.mark.parametrize(
     "raw, match",
     [
-        ({"model": {"arch": "data2vec"}, "objectives": {"contrastive": 1.0}}, "model.arch data2vec trains with: data2vec$"),
+        ({"model": {"arch": "data2vec"}, "objectives": {"contrastive": 1.0}}, "arch data2vec trains with: data2vec$"),
         ({"objectives": {"data2vec": 1.0}}, "^objectives.data2vec needs model.arch data2vec;"),
         (d2v({"data2vec": {"image": {"layer_norm": "batch"}}}), r"model\.data2vec\.image\.layer_norm"),
         (d2v({"data2vec": {"modalities": ["speech", "image"]}}), "speech is trained on its own"),

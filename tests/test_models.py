@@ -159,3 +159,136 @@ def test_missing_head_is_a_clear_error():
     model = tiny("merged", outputs=("mlm",))
     with pytest.raises(RuntimeError, match="no contrastive head"):
         model.encode_text(*inputs()[1:])
+
+
+# -- shared helpers (models/common.py, layers.split_heads / merge_heads) -----------------------------
+
+WIDE = {"width": 64, "depth": 2, "heads": 4, "embed_dim": 32, "image": {"size": 32, "patch": 8}}
+FAMILIES = {
+    "encoder": {"layout": "merged", "outputs": ["contrastive", "mlm", "itm"]},
+    "encoder_regions": {
+        "layout": "coattention",
+        "outputs": ["mlm", "mrm", "itm"],
+        "image": {"size": 32, "patch": 8, "input": "regions", "region_dim": 24, "region_classes": 12},
+    },
+    "mammut": {"arch": "mammut", "outputs": ["contrastive"]},
+    "coca": {"arch": "coca", "outputs": ["contrastive"], "caption_queries": 4},
+    "dual_captioner": {"arch": "dual_captioner", "outputs": ["contrastive"]},
+    "lm": {"arch": "lm"},
+    "data2vec": {"arch": "data2vec", "data2vec": {"modalities": ["image", "text"]}},
+    "data2vec_speech": {"arch": "data2vec", "data2vec": {"modalities": ["speech"]}},
+    "data2vec_efficient": {"arch": "data2vec", "data2vec": {"modalities": ["image"], "efficient": True}},
+    "flamingo": {
+        "arch": "flamingo",
+        "flamingo": {
+            "vision_run": "-",
+            "lm_run": "-",
+            "latents": 4,
+            "vision": {"layout": "modality_specific", "width": 48, "depth": 1, "heads": 2, "image": WIDE["image"]},
+        },
+    },
+}
+
+
+def family(name: str, vocab: int | None = 50):
+    from mmtlab.config import ModelConfig
+
+    raw = {**WIDE, "text": {"vocab_size": vocab, "max_len": 16}, **FAMILIES[name]}
+    torch.manual_seed(0)
+    return build_model(ModelConfig.model_validate(raw))
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_family_is_initialised_by_the_shared_init(name):
+    """PyTorch's own defaults (uniform Linear weights of std 1/sqrt(3 fan_in), nonzero biases,
+    N(0, 1) embeddings) all fail these, so a family that skipped models.common.init_weights would."""
+    from mmtlab.models.common import INIT_STD, RESIDUAL_PROJECTIONS
+
+    model = family(name)
+    residual_std = INIT_STD / (2 * len(model.layout)) ** 0.5
+    names = {id(p): n for n, p in model.named_parameters()}
+    checked = 0
+    for mod_name, m in model.named_modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            assert torch.equal(m.weight, torch.ones_like(m.weight)), mod_name
+            assert torch.equal(m.bias, torch.zeros_like(m.bias)), mod_name
+        if isinstance(m, torch.nn.Linear) and m.bias is not None:
+            assert torch.equal(m.bias, torch.zeros_like(m.bias)), mod_name
+        if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
+            want = residual_std if names[id(m.weight)].endswith(RESIDUAL_PROJECTIONS) else INIT_STD
+            std = m.weight.std().item()
+            assert 0.7 * want < std < 1.4 * want, f"{mod_name}: std {std:.4f}, init gives {want:.4f}"
+            checked += 1
+    assert checked >= 5
+    if name.startswith("data2vec"):  # bare Parameters the init covers: the mask embeddings (built as zeros)
+        for p in model.mask_emb.values():
+            assert 0.5 * INIT_STD < p.std().item() < 1.5 * INIT_STD
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_family_needs_a_vocabulary_and_counts_its_parameters(name):
+    if name not in ("data2vec_efficient", "data2vec_speech"):  # no text, no vocabulary
+        with pytest.raises(ValueError, match="vocab_size is not set"):
+            family(name, vocab=None)
+    model = family(name)
+    untrained = ("teacher.",) if name.startswith("data2vec") else ()
+    params = [(n, p) for n, p in model.named_parameters() if not n.startswith(untrained)]
+    assert model.num_params() == sum(p.numel() for _, p in params)
+    frozen_from_start = name == "flamingo"  # the vision encoder, the LM's layers, embeddings and norm
+    assert (model.num_params(trainable_only=True) < model.num_params()) == frozen_from_start
+    model.encoder.layers[0].requires_grad_(False)
+    trainable = sum(p.numel() for _, p in params if p.requires_grad)
+    assert 0 < model.num_params(trainable_only=True) == trainable < model.num_params()
+
+
+@pytest.mark.parametrize("name", ["mammut", "coca", "dual_captioner", "lm", "flamingo"])
+def test_output_layer_is_tied_to_the_token_embedding(name):
+    model = family(name).eval()
+    states = torch.randn(2, 5, 64)
+    logits = model.lm_logits(states)
+    assert logits.shape == (2, 5, 50)
+    with torch.no_grad():
+        model.text_embed.tok.weight[7].zero_()
+    after = model.lm_logits(states)
+    assert torch.equal(after[..., 7], torch.zeros_like(after[..., 7]))
+    torch.testing.assert_close(after[..., :7], logits[..., :7], rtol=0, atol=0)
+
+
+def test_split_heads_takes_contiguous_channel_blocks_and_merge_heads_inverts_it():
+    from mmtlab.models.layers import merge_heads, split_heads
+
+    b, n, d, h = 2, 5, 12, 3
+    x = torch.randn(b, n, d)
+    heads = split_heads(x, h)
+    assert heads.shape == (b, h, n, d // h)
+    for j in range(h):  # head j reads channels j*dh .. (j+1)*dh (the layout GPT-2 weights assume)
+        assert torch.equal(heads[:, j], x[..., j * 4 : (j + 1) * 4])
+    assert torch.equal(merge_heads(heads), x)
+    packed = torch.randn(b, n, 3 * d)  # q, k, v in one projection
+    q, k, v = split_heads(packed, h, 3)
+    for i, part in enumerate((q, k, v)):
+        assert torch.equal(part, split_heads(packed[..., i * d : (i + 1) * d], h))
+        assert torch.equal(merge_heads(part), packed[..., i * d : (i + 1) * d])
+
+
+def test_attention_matches_a_per_head_reference():
+    from mmtlab.models.layers import Attention, CrossAttention
+
+    torch.manual_seed(0)
+    d, h = 12, 3
+    x, ctx = torch.randn(2, 5, d), torch.randn(2, 7, d)
+
+    def reference(q, k, v, proj):
+        dh = d // h
+        outs = [
+            torch.softmax(q[..., s] @ k[..., s].transpose(1, 2) / dh**0.5, -1) @ v[..., s]
+            for s in (slice(j * dh, (j + 1) * dh) for j in range(h))
+        ]
+        return proj(torch.cat(outs, -1))
+
+    attn = Attention(d, h)
+    q, k, v = attn.qkv(x).split(d, -1)
+    torch.testing.assert_close(attn.attend(*attn.project_qkv(x), None), reference(q, k, v, attn.proj))
+    cross = CrossAttention(d, h)
+    k, v = cross.kv(ctx).split(d, -1)
+    torch.testing.assert_close(cross(x, cross.project_kv(ctx)), reference(cross.q(x), k, v, cross.proj))

@@ -24,15 +24,14 @@ residual stream after the block -- what data2vec takes from its pre-LN (BEiT) vi
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmtlab.config import ModelConfig
+from mmtlab.models.common import ModelBase, init_weights, require_vocab
 from mmtlab.models.fusion import FusionEncoder, build_layout
-from mmtlab.models.model import _init_weights
 from mmtlab.models.speech import SpeechEmbedding
 from mmtlab.models.text import TextEmbedding
 from mmtlab.models.vision import PatchEmbedding
@@ -69,9 +68,11 @@ class ConvDecoder(nn.Module):
         return self.proj(h.reshape(b, d, n).transpose(1, 2))
 
 
-class Data2Vec(nn.Module):
+class Data2Vec(ModelBase):
     contrastive = None  # no contrastive head (the training loop asks)
     mlm = None
+    # num_params counts the student: the teacher is a moving average of its blocks, not trained.
+    untrained_prefixes = ("teacher.",)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -82,9 +83,7 @@ class Data2Vec(nn.Module):
         self.modalities = tuple(dc.modalities)
         d = cfg.width
         if "text" in self.modalities:
-            if cfg.text.vocab_size is None:
-                raise ValueError("model.text.vocab_size is not set (it comes from the tokenizer)")
-            self.text_embed = TextEmbedding(cfg.text.vocab_size, d, cfg.text.max_len)
+            self.text_embed = TextEmbedding(require_vocab(cfg), d, cfg.text.max_len)
         if "image" in self.modalities:
             self.image_embed = PatchEmbedding(cfg.image.size, cfg.image.patch, d, cfg.image.channels, cls_token=True)
         if "speech" in self.modalities:
@@ -104,12 +103,7 @@ class Data2Vec(nn.Module):
             )
         else:
             self.head = nn.ModuleDict({m: nn.Linear(d, d) for m in self.modalities})  # fairseq's final_proj
-        self.apply(_init_weights)
-        for p in self.mask_emb.values():
-            nn.init.trunc_normal_(p, std=0.02)
-        for name, p in self.named_parameters():
-            if name.endswith(("attn.proj.weight", "mlp.fc2.weight")):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * max(1, len(self.layout))))
+        init_weights(self, len(self.layout), extra=self.mask_emb.values())  # modality_specific: no cross-attention
         self.teacher = copy.deepcopy(self.encoder).requires_grad_(False)
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
 
@@ -223,11 +217,3 @@ class Data2Vec(nn.Module):
         if not out:
             raise ValueError("forward needs images, tokens or audio")
         return out
-
-    def num_params(self, trainable_only: bool = False) -> int:
-        """Parameters of the student (the teacher is a moving average of its blocks, not trained)."""
-        return sum(
-            p.numel()
-            for n, p in self.named_parameters()
-            if not n.startswith("teacher.") and (p.requires_grad or not trainable_only)
-        )

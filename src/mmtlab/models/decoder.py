@@ -15,23 +15,20 @@ without a padding mask (SDPA's fast causal path); the losses ignore padded posit
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmtlab.config import ModelConfig
+from mmtlab.models.common import ModelBase, init_weights, require_vocab, tied_lm_logits
 from mmtlab.models.fusion import FusionEncoder, build_layout
 from mmtlab.models.generate import generate
 from mmtlab.models.heads import ContrastiveHead, pool
 from mmtlab.models.layers import KVCache
-from mmtlab.models.model import _init_weights
 from mmtlab.models.text import TextEmbedding
 from mmtlab.models.vision import PatchEmbedding
 
 
-class ImageTextDecoder(nn.Module):
+class ImageTextDecoder(ModelBase):
     # Set by each family (see the table above).
     contrastive_groups: tuple[str, ...] = ()
     contrastive_causal: bool = False
@@ -41,11 +38,10 @@ class ImageTextDecoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.text.vocab_size is None:
-            raise ValueError("model.text.vocab_size is not set (it comes from the tokenizer)")
+        vocab = require_vocab(cfg)
         self.cfg = cfg
         d = cfg.width
-        self.text_embed = TextEmbedding(cfg.text.vocab_size, d, cfg.text.max_len)
+        self.text_embed = TextEmbedding(vocab, d, cfg.text.max_len)
         self.image_embed = PatchEmbedding(
             cfg.image.size, cfg.image.patch, d, cfg.image.channels, cls_token=self.image_cls_token(cfg)
         )
@@ -62,10 +58,7 @@ class ImageTextDecoder(nn.Module):
         )
         self.mlm = None  # encoder-family head; decoders caption instead
         self.build_extra(cfg)
-        self.apply(_init_weights)
-        for name, p in self.named_parameters():  # GPT-2 style residual scaling, as in model.py
-            if name.endswith(("attn.proj.weight", "mlp.fc2.weight", "cross.proj.weight")):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * max(1, len(self.layout))))
+        init_weights(self, len(self.layout))
 
     # -- hooks for families ----------------------------------------------------------------------
 
@@ -143,8 +136,7 @@ class ImageTextDecoder(nn.Module):
     # -- generative pass ---------------------------------------------------------------------------
 
     def lm_logits(self, states: Tensor) -> Tensor:
-        # Output layer tied to the token embedding (GPT-2): no extra parameters per family.
-        return F.linear(self.norm["caption"](states), self.text_embed.tok.weight)
+        return tied_lm_logits(states, self.norm["caption"], self.text_embed)
 
     def caption_logits(self, image_tokens: Tensor, tokens: Tensor, text_features: Tensor | None = None) -> Tensor:
         """The generative pass: next-token logits [B, L, V] (position t predicts token t + 1).
@@ -198,6 +190,3 @@ class ImageTextDecoder(nn.Module):
     def _require_contrastive(self):
         if self.contrastive is None:
             raise RuntimeError(f"this model has no contrastive head (model.outputs = {self.cfg.outputs})")
-
-    def num_params(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

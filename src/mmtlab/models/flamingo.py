@@ -19,17 +19,16 @@ self-attention still sees all earlier text, so earlier images reach later text o
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from mmtlab.config import ModelConfig
+from mmtlab.models.common import ModelBase, init_weights, require_vocab, tied_lm_logits
 from mmtlab.models.fusion import FusionEncoder, build_layout, modality_specific
 from mmtlab.models.generate import generate
 from mmtlab.models.layers import KVCache
-from mmtlab.models.model import _init_weights
 from mmtlab.models.perceiver import PerceiverResampler
 from mmtlab.models.text import TextEmbedding
 from mmtlab.models.vision import PatchEmbedding
@@ -79,15 +78,14 @@ def media_mask(tokens: Tensor, media_id: int, slots: int, latents: int, seen: Te
     return time[:, :, None] == slot[None, None, :]
 
 
-class Flamingo(nn.Module):
+class Flamingo(ModelBase):
     contrastive = None  # the training loop asks every family for these heads
     mlm = None
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         fc = cfg.flamingo
-        if cfg.text.vocab_size is None:
-            raise ValueError("model.text.vocab_size is not set (it comes from the LM's tokenizer)")
+        vocab = require_vocab(cfg, "the LM's tokenizer")
         if fc.vision is None:
             raise ValueError(
                 "model.flamingo.vision is not set (filled in from flamingo.vision_run when training starts)"
@@ -99,16 +97,13 @@ class Flamingo(nn.Module):
         self.resampler = PerceiverResampler(
             vision_cfg.width, d, cfg.heads, fc.latents, fc.resampler_depth, fc.max_frames, cfg.mlp_ratio
         )
-        self.text_embed = TextEmbedding(cfg.text.vocab_size, d, cfg.text.max_len)
+        self.text_embed = TextEmbedding(vocab, d, cfg.text.max_len)
         self.media_embed = nn.Parameter(torch.randn(d) * 0.02)  # the <image> token (new: trained)
         self.layout = build_layout("flamingo", cfg.depth, cross_every=fc.cross_every)
         self.encoder = FusionEncoder(self.layout, d, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.gelu)
         self.norm = nn.LayerNorm(d)
         self.lm_layers = [i for i, s in enumerate(self.layout) if s.group == "lm"]
-        self.apply(_init_weights)
-        for name, p in self.named_parameters():
-            if name.endswith(("attn.proj.weight", "mlp.fc2.weight", "cross.proj.weight")):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * max(1, len(self.layout))))
+        init_weights(self, len(self.layout))
         with torch.no_grad():
             for name, p in self.named_parameters():
                 if name.endswith(("cross_gate", "mlp_gate")):
@@ -196,7 +191,7 @@ class Flamingo(nn.Module):
         return h + self.text_embed.pos[offset:n]
 
     def lm_logits(self, states: Tensor) -> Tensor:
-        return torch.nn.functional.linear(self.norm(states), self.text_embed.tok.weight)
+        return tied_lm_logits(states, self.norm, self.text_embed)
 
     def forward(self, tokens: Tensor, media: Tensor | None = None, seen: Tensor | None = None) -> Tensor:
         """Next-token logits [B, L, V] of `tokens` (with <image> markers) given `media_tokens(...)`.
@@ -256,9 +251,6 @@ class Flamingo(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("cross_gate", "mlp_gate")):
                 p.zero_()
-
-    def num_params(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
 
 def load_frozen_runs(model: Flamingo) -> int:

@@ -10,6 +10,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def split_heads(x: Tensor, heads: int, parts: int = 1) -> Tensor:
+    """Projections [B, N, parts * D] -> [parts, B, H, N, D/H] (views, no copy); `parts` = 1 gives
+    [B, H, N, D/H]. `parts` counts the projections packed in one matrix (3 for q, k, v)."""
+    b, n, pd = x.shape
+    out = x.view(b, n, parts, heads, pd // (parts * heads)).permute(2, 0, 3, 1, 4)
+    return out[0] if parts == 1 else out
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """[B, H, N, D/H] -> [B, N, D], the inverse of `split_heads` for one part."""
+    b, h, n, dh = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * dh)
+
+
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0, gelu: str = "exact"):
         super().__init__()
@@ -39,16 +53,14 @@ class Attention(nn.Module):
         self.dropout = dropout
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = split_heads(self.qkv(x), self.heads, 3)
         return q, k, v  # each [B, H, N, D/H]
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool = False) -> Tensor:
         """`mask` is boolean [B, 1|H, Nq, Nk], True where a query may attend."""
         p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
-        b, h, n, dh = out.shape
-        return self.proj(out.transpose(1, 2).reshape(b, n, h * dh))
+        return self.proj(merge_heads(out))
 
 
 class CrossAttention(nn.Module):
@@ -65,19 +77,17 @@ class CrossAttention(nn.Module):
         self.dropout = dropout
 
     def project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
-        b, n, d = context.shape
-        k, v = self.kv(context).view(b, n, 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        k, v = split_heads(self.kv(context), self.heads, 2)
         return k, v
 
     def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], mask: Tensor | None = None) -> Tensor:
-        b, n, d = x.shape
-        q = self.q(x).view(b, n, self.heads, d // self.heads).transpose(1, 2)
+        q = split_heads(self.q(x), self.heads)
         p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, dropout_p=p)
         if mask is not None:
             # A query with no visible key (Flamingo: text before the first image) gets exactly zero.
             out = out.masked_fill(~mask.any(-1, keepdim=True), 0.0)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+        return self.proj(merge_heads(out))
 
 
 def key_mask(

@@ -8,39 +8,32 @@ layout (same parameter names, other layer indices).
 
 from __future__ import annotations
 
-import math
-
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmtlab.config import ModelConfig
+from mmtlab.models.common import ModelBase, init_weights, require_vocab, tied_lm_logits
 from mmtlab.models.fusion import FusionEncoder, build_layout
 from mmtlab.models.generate import generate
 from mmtlab.models.layers import KVCache
-from mmtlab.models.model import _init_weights
 from mmtlab.models.text import TextEmbedding
 
 
-class CausalLM(nn.Module):
+class CausalLM(ModelBase):
     contrastive = None  # the training loop asks every family for these heads
     mlm = None
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.text.vocab_size is None:
-            raise ValueError("model.text.vocab_size is not set (it comes from the tokenizer)")
+        vocab = require_vocab(cfg)
         self.cfg = cfg
-        self.text_embed = TextEmbedding(cfg.text.vocab_size, cfg.width, cfg.text.max_len)
+        self.text_embed = TextEmbedding(vocab, cfg.width, cfg.text.max_len)
         self.layout = build_layout(cfg.layout, cfg.depth, **cfg.layout_args)
         self.encoder = FusionEncoder(self.layout, cfg.width, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.gelu)
         self.norm = nn.LayerNorm(cfg.width)
-        self.apply(_init_weights)
-        for name, p in self.named_parameters():  # GPT-2 residual scaling, as in model.py
-            if name.endswith(("attn.proj.weight", "mlp.fc2.weight")):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * max(1, len(self.layout))))
+        init_weights(self, len(self.layout))  # layout `lm` has no cross-attention
 
     def lm_logits(self, states: Tensor) -> Tensor:
-        return F.linear(self.norm(states), self.text_embed.tok.weight)
+        return tied_lm_logits(states, self.norm, self.text_embed)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Next-token logits [B, L, V]. Right padding needs no mask: causal queries never see it."""
@@ -63,6 +56,3 @@ class CausalLM(nn.Module):
         t = self.cfg.text
         max_new = min(max_new_tokens, t.max_len - prompt.shape[1])
         return generate(self.decode, None, prompt, max_new_tokens=max_new, eos_id=t.sep_id, pad_id=t.pad_id, **kwargs)
-
-    def num_params(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

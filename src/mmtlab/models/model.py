@@ -6,13 +6,12 @@ is the layout (see fusion.py) and which output heads exist.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from mmtlab.batches import Regions
 from mmtlab.config import ModelConfig
+from mmtlab.models.common import ModelBase, init_weights, require_vocab
 from mmtlab.models.fusion import FusionEncoder, build_layout, unimodal_prefix
 from mmtlab.models.heads import ContrastiveHead, ITMHead, MLMHead, MRMHead, pool
 from mmtlab.models.regions import RegionEmbedding
@@ -22,14 +21,13 @@ from mmtlab.models.vision import PatchEmbedding
 Images = Tensor | Regions  # pixels [B, 3, H, W] in [-1, 1], or detector regions
 
 
-class MultimodalTransformer(nn.Module):
+class MultimodalTransformer(ModelBase):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.text.vocab_size is None:
-            raise ValueError("model.text.vocab_size is not set (it comes from the tokenizer)")
+        vocab = require_vocab(cfg)
         self.cfg = cfg
         d = cfg.width
-        self.text_embed = TextEmbedding(cfg.text.vocab_size, d, cfg.text.max_len)
+        self.text_embed = TextEmbedding(vocab, d, cfg.text.max_len)
         if cfg.image.input == "regions":
             if cfg.image.region_dim is None:
                 raise ValueError("model.image.region_dim is not set (it comes from the detector)")
@@ -50,11 +48,7 @@ class MultimodalTransformer(nn.Module):
             if cfg.image.input != "regions" or cfg.image.region_classes is None:
                 raise ValueError("the mrm head needs region inputs with model.image.region_classes set")
             self.mrm = MRMHead(d, cfg.image.region_classes, cfg.image.region_dim)
-        self.apply(_init_weights)
-        # GPT-2 style: scale residual output projections by depth so the stream's variance stays flat.
-        for name, p in self.named_parameters():
-            if name.endswith(("attn.proj.weight", "mlp.fc2.weight", "cross.proj.weight")):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * max(1, len(self.layout))))
+        init_weights(self, len(self.layout))
 
     # -- encoders -----------------------------------------------------------------------------
 
@@ -186,18 +180,3 @@ class MultimodalTransformer(nn.Module):
     def mlm_logits(self, text_states: Tensor) -> Tensor:
         self._require("mlm")
         return self.mlm(text_states, self.text_embed.tok.weight)
-
-    def num_params(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
-
-def _init_weights(m: nn.Module):
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Embedding):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
