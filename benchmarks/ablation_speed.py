@@ -24,7 +24,8 @@ from mmtlab.data.formats.flickr30k_entities import EXPORT_DIR, load_entities
 from mmtlab.data.loader import image_source
 from mmtlab.data.sources import load_split
 from mmtlab.diagnostics import ablation as ab
-from mmtlab.eval.runs import entities_root, load_run
+from mmtlab.diagnostics.runs import entities_root
+from mmtlab.eval.runs import load_run
 
 
 def main() -> None:

@@ -131,7 +131,7 @@ def test_build_exports_its_grounding_in_flickr30k_entities_format(tiny_data):
 
 def test_a_build_without_the_export_is_exported_on_the_fly(tiny_data, tmp_path):
     from mmtlab.data.formats.karpathy import read_karpathy
-    from mmtlab.eval.runs import entities_root
+    from mmtlab.diagnostics.runs import entities_root
 
     records = read_karpathy(tiny_data / "dataset_emoji_scenes.json", split="val")
     ids = [r.path.stem for r in records]

@@ -65,7 +65,11 @@ def test_wrong_arch_for_captioning_is_a_clear_error(tiny_data, tmp_path):
     run = tmp_path / "run"
     invoke("train", cfg, "--out", run)
     result = runner.invoke(app, ["eval", "caption", str(run)])
-    assert result.exit_code != 0 and "needs a model with a text decoder" in str(result.exception)
+    assert (
+        result.exit_code != 0
+        and "eval caption needs a model.arch mammut or coca or dual_captioner run, not 'encoder'"
+        in str(result.exception)
+    )
     result = runner.invoke(app, ["caption", str(run), "--image", "x.png", "--method", "sideways"])
     assert result.exit_code != 0 and "choose greedy, beam or nucleus" in str(result.exception)
 

@@ -94,7 +94,10 @@ def test_flamingo_pipeline_from_the_command_line(tiny_data, tmp_path, monkeypatc
     assert model.num_params(trainable_only=True) < model.num_params()
     from mmtlab.eval.runs import EvalError, eval_probe
 
-    with pytest.raises(EvalError, match="probes need an encoder or data2vec run, not 'flamingo'"):
+    with pytest.raises(
+        EvalError,
+        match="eval probe needs a model.arch encoder or data2vec run, not 'flamingo'; .* evaluated with: fewshot",
+    ):
         eval_probe(run)  # was a TypeError deep in the probe
 
     # Held-out loss by the images the documents see: the trained gates are open, so images move it;

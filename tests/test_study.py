@@ -81,7 +81,7 @@ def test_study_runs_resumes_and_aggregates(tmp_path, tiny_data):
     spec["evals"]["mlm_like"] = {"split": "val", "examples": False}
     spec["metrics"].append("mlm_like.t2i_r1")
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    from mmtlab.eval import runs
+    from mmtlab import evaluate as runs
 
     ckpts = sorted((out / "runs" / "dual__low" / "seed_0" / "checkpoints").iterdir())
     runs.EVALS["mlm_like"] = runs.eval_retrieval  # any evaluation: the retrieval one on another split

@@ -1,17 +1,16 @@
-"""Evaluations of a trained run directory, by name: each writes RUN_DIR/eval/<name>.json.
+"""Evaluations of a trained run directory: each loads the run, checks that the evaluation applies
+to its family (mmtlab/families.py: `evals`), runs eval/<task>.py and writes RUN_DIR/eval/<name>.json.
 
-The CLI (`mmtlab eval <name>`) and the study runner both call these; a new evaluation is a
-function here plus an entry in EVALS.
+By name, for the CLI and studies: mmtlab/evaluate.py (which adds the ablation from diagnostics/
+and VQA after a fine-tune).
 """
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
-from mmtlab.io import atomic_write_json, atomic_write_text
+from mmtlab.families import FAMILIES, family_of
+from mmtlab.io import atomic_write_json
 
 
 class EvalError(RuntimeError):
@@ -74,6 +73,7 @@ def eval_retrieval(
         raise EvalError(f"retrieval mode {mode!r}: choose one of {', '.join(RETRIEVAL_MODES)}")
     run_dir = Path(run_dir)
     model, cfg = load_run(run_dir, data)
+    require_eval(cfg, "retrieval", run_dir)
     if mode == "dual" and model.contrastive is None:
         raise EvalError(
             f"{run_dir}: the model has no contrastive head, so dual-encoder retrieval does not apply; "
@@ -134,6 +134,7 @@ def eval_mlm(run_dir: Path, split: str = "test", data: Path | None = None, progr
 
     run_dir = Path(run_dir)
     model, cfg = load_run(run_dir, data)
+    require_eval(cfg, "mlm", run_dir)
     if model.mlm is None:
         raise EvalError(f"{run_dir}: the model has no MLM head (outputs: {cfg.model.outputs})")
     from mmtlab.data.loader import image_source
@@ -150,14 +151,16 @@ def eval_mlm(run_dir: Path, split: str = "test", data: Path | None = None, progr
     return result
 
 
-def _require_decoder(model, run_dir: Path, what: str):
-    if model.cfg.arch == "flamingo":
-        raise EvalError(f"{run_dir}: a Flamingo run is evaluated in context: mmtlab eval fewshot {run_dir}")
-    if not hasattr(model, "generate") or model.cfg.arch == "lm":
-        raise EvalError(
-            f"{run_dir}: {what} needs a model with a text decoder (model.arch mammut, coca or dual_captioner), "
-            f"this one is {model.cfg.arch!r}"
-        )
+def require_eval(cfg, name: str, run_dir: Path) -> None:
+    """`mmtlab eval NAME` applies to the run's family (its registry entry's `evals`), or an EvalError
+    that says which families it does apply to and how this one is evaluated."""
+    fam = family_of(cfg)
+    if name in fam.evals:
+        return
+    arch = cfg.model.arch
+    owners = [a for a, f in FAMILIES.items() if name in f.evals]
+    own = f"; a {arch} run is evaluated with: {', '.join(fam.evals)}" if fam.evals else ""
+    raise EvalError(f"{run_dir}: eval {name} needs a model.arch {' or '.join(owners)} run, not {arch!r}{own}")
 
 
 def eval_caption(
@@ -175,7 +178,7 @@ def eval_caption(
 
     run_dir = Path(run_dir)
     model, cfg = load_run(run_dir, data)
-    _require_decoder(model, run_dir, "captioning")
+    require_eval(cfg, "caption", run_dir)
     records = load_split(cfg.data, split)
     result = {
         "split": split,
@@ -218,10 +221,7 @@ def eval_fewshot(
 
     run_dir = Path(run_dir)
     model, cfg = load_run(run_dir, data)
-    if cfg.model.arch != "flamingo":
-        raise EvalError(
-            f"{run_dir}: few-shot evaluation needs a Flamingo run (model.arch flamingo), not {cfg.model.arch!r}"
-        )
+    require_eval(cfg, "fewshot", run_dir)
     queries = load_split(cfg.data, split)
     worth = None if blind else image_worth(model, model.tokenizer, queries, seed=seed, progress=progress)
     if blind:
@@ -244,30 +244,29 @@ def eval_vqa(
     run_dir: Path,
     split: str = "test",
     data: Path | None = None,
-    finetune_steps: int | None = None,
-    finetune_lr: float | None = None,
     max_questions: int | None = None,
     progress: bool = True,
+    model_dir: Path | None = None,
+    **info,
 ) -> dict:
-    """Generative VQA accuracy by question type. With `finetune_steps`, the run is first fine-tuned
-    on VQA questions of its training split (into RUN_DIR/vqa), and that model is evaluated."""
+    """Generative VQA accuracy by question type -> RUN_DIR/eval/vqa.json. `model_dir`: evaluate
+    another run's model in its place (the VQA fine-tune of RUN_DIR, train/finetune.py); `info` is
+    recorded in the result."""
     from mmtlab.data.emoji_scenes.vqa import make_questions
     from mmtlab.data.sources import load_split
-    from mmtlab.eval.vqa import evaluate_vqa, finetune_vqa
+    from mmtlab.eval.vqa import evaluate_vqa
 
     run_dir = Path(run_dir)
     model, cfg = load_run(run_dir, data)
-    _require_decoder(model, run_dir, "VQA")
-    evaluated = run_dir
-    if finetune_steps:
-        evaluated = finetune_vqa(run_dir, finetune_steps, lr=finetune_lr, progress=progress)
-        model, cfg = load_run(evaluated, data)
+    require_eval(cfg, "vqa", run_dir)
+    if model_dir is not None:
+        model, cfg = load_run(Path(model_dir), data)
     records = load_split(cfg.data, split)
     questions = make_questions(records)[:max_questions]
     result = {
         "split": split,
-        "model": str(evaluated),
-        "finetune_steps": finetune_steps,
+        "model": str(model_dir or run_dir),
+        **info,
         **evaluate_vqa(model, model.tokenizer, records, questions, batch_size=cfg.eval.batch_size, progress=progress),
     }
     atomic_write_json(run_dir / "eval" / "vqa.json", result)
@@ -291,8 +290,7 @@ def eval_probe(
 
     run_dir = Path(run_dir)
     model, cfg = load_run(run_dir, data)
-    if cfg.model.arch not in ("encoder", "data2vec"):  # the probes read encoder states, not decoders'
-        raise EvalError(f"{run_dir}: probes need an encoder or data2vec run, not {cfg.model.arch!r}")
+    require_eval(cfg, "probe", run_dir)  # the probes read encoder states, not decoders'
     cfg.data.test_split = split
     torch.manual_seed(cfg.seed)  # the initialisation the run itself started from
     random_model = build_model(cfg)
@@ -309,131 +307,3 @@ def eval_probe(
     result = {"split": split, **probes}
     atomic_write_json(run_dir / "eval" / "probe.json", result)
     return result
-
-
-def eval_ablation(
-    run_dir: Path,
-    split: str = "test",
-    data: Path | None = None,
-    entities: Path | None = None,
-    max_phrases: int | None = None,
-    alignment: str = "iot",
-    threshold: float = 0.5,
-    baseline: Path | None = None,
-    bootstrap: int = 1000,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict:
-    """Cross-modal input ablation (diagnostics/ablation.py) on the grounded phrases of `split`:
-    vision-for-language (MLM head) and language-for-vision (MRM head), with a text-only `baseline`
-    run evaluated on the same phrases. Writes eval/ablation.json, ablation.md and ablation.png."""
-    from mmtlab.data.formats.flickr30k_entities import EXPORT_DIR, load_entities
-    from mmtlab.data.loader import image_source
-    from mmtlab.data.sources import load_split
-    from mmtlab.diagnostics import ablation as ab
-    from mmtlab.diagnostics.ablation_report import ablation_markdown, plot_ablation
-
-    if alignment not in ab.OVERLAPS:
-        raise EvalError(f"--alignment {alignment!r}: choose one of {', '.join(ab.OVERLAPS)}")
-    if not 0.0 <= threshold < 1.0:
-        raise EvalError(f"--threshold must be in [0, 1), got {threshold}")
-    if max_phrases is not None and max_phrases < 1:
-        raise EvalError(f"--max-phrases must be >= 1, got {max_phrases}")
-    run_dir = Path(run_dir)
-    model, cfg = load_run(run_dir, data)
-    if model.mlm is None and model.mrm is None:
-        raise EvalError(f"{run_dir}: the ablation needs an MLM or an MRM head (outputs: {cfg.model.outputs})")
-    if baseline is not None:  # checked before the main model's evaluation, not after it
-        base_model, base_cfg = load_run(Path(baseline), data)
-        if base_model.mlm is None:
-            raise EvalError(f"--baseline {baseline}: that model has no MLM head")
-    records = load_split(cfg.data, split)
-    export = Path(cfg.data.root) / EXPORT_DIR
-    with entities_root(entities, export, records) as root:
-        found = load_entities(root, [Path(r.path).stem for r in records])
-    where = str(entities or root) if entities or root == export else "a temporary export of the JSON's phrases"
-    phrases, counts = ab.grounded_phrases(records, found)
-    counts["images_with_unreadable_annotations"] = len(found.skipped)
-    phrases = ab.subsample(phrases, max_phrases, seed)
-    if not phrases:
-        raise EvalError(f"no grounded phrases (with a box) for the {split} split in {where}")
-    text_only = cfg.data.text_only
-    source = None if text_only else image_source(cfg, records, progress)
-    bs = cfg.eval.batch_size
-    inputs = ab.VisualInputs(model, source, records, alignment, threshold, bs)
-    result = {
-        "run": str(run_dir),
-        "split": split,
-        "entities": where,
-        "image_input": "none (text-only model)" if text_only else cfg.model.image.input,
-        "alignment": alignment,
-        "threshold": threshold,
-        "bootstrap_resamples": bootstrap,
-        **counts,
-        **ab.run_ablation(
-            model, model.tokenizer, phrases, inputs, batch_size=bs, n_bootstrap=bootstrap, seed=seed,
-            progress=progress,
-        ),
-    }  # fmt: skip
-    if baseline is not None:
-        # The phrases the main model was evaluated on: those whose image decodes.
-        usable = [p for p in phrases if inputs.usable(p.record)]
-        base = ab.run_ablation(
-            base_model, base_model.tokenizer, usable, ab.VisualInputs(base_model, None, records, alignment, threshold),
-            batch_size=bs, n_bootstrap=bootstrap, seed=seed, progress=progress,
-        )["vision_for_language"]  # fmt: skip
-        result["text_only_baseline"] = {
-            "run": str(baseline),
-            **base["none"],
-            "n_phrases": base["n_phrases"],  # its own tokenizer decides which phrases are cut off
-            "trained_text_only": base_cfg.data.text_only,  # else: a multimodal model run without its image
-            # bits per token compare across models only when both cut the phrases into the same tokens
-            "same_tokenizer": base_model.tokenizer.tok.get_vocab() == model.tokenizer.tok.get_vocab(),
-        }
-    result.update(ab.summary(result))  # flat numbers for study tables: ablation.v4l_all, ...
-    out = run_dir / "eval"
-    atomic_write_json(out / "ablation.json", result)
-    atomic_write_text(out / "ablation.md", ablation_markdown(result))
-    plot_ablation(result, out / "ablation.png")
-    return result
-
-
-@contextmanager
-def entities_root(given: Path | None, default: Path, records):
-    """The Flickr30k Entities root to read: `given`, else the dataset's export, else (a build made
-    before the export existed, or a split it does not export: pretrain) an export of the records'
-    grounding into a temporary directory."""
-    from mmtlab.data.formats.flickr30k_entities import SENTENCES
-
-    if given is not None:
-        if not Path(given).is_dir():
-            raise EvalError(f"--entities: no directory at {given}")
-        yield Path(given)
-        return
-    if any((default / SENTENCES / f"{Path(r.path).stem}.txt").exists() for r in records):
-        yield default
-        return
-    if not any(r.phrases for r in records):
-        raise EvalError(f"{default} is missing and the dataset's JSON has no phrases; pass --entities DIR")
-    from mmtlab.data.emoji_scenes.build import export_flickr30k_entities
-    from mmtlab.data.emoji_scenes.sprites import SpriteAtlas
-    from mmtlab.data.pairs import image_size
-
-    def as_dict(r) -> dict:
-        width, height = image_size(r.path)
-        keys = ("captions", "phrases", "boxes", "labels")
-        return {"filename": Path(r.path).name, "width": width, "height": height, **{k: getattr(r, k) for k in keys}}
-
-    with tempfile.TemporaryDirectory(prefix="mmtlab-entities-") as tmp:
-        export_flickr30k_entities(Path(tmp), map(as_dict, records), SpriteAtlas.load().categories)
-        yield Path(tmp)
-
-
-EVALS: dict[str, Callable[..., dict]] = {
-    "retrieval": eval_retrieval,
-    "mlm": eval_mlm,
-    "caption": eval_caption,
-    "vqa": eval_vqa,
-    "probe": eval_probe,
-    "ablation": eval_ablation,
-}

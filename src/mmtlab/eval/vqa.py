@@ -3,16 +3,14 @@ counts if it equals the reference after normalisation (lower-case words, punctua
 Accuracy is reported overall and by question type, next to the majority-answer rate of each type
 (the accuracy of always giving that type's most frequent answer on this split).
 
-`finetune_vqa` trains a run on the VQA questions of its training split first (the MaMMUT recipe:
-VQA is measured after fine-tuning the pretrained model), into RUN_DIR/vqa.
+The MaMMUT recipe measures VQA after fine-tuning the pretrained model on the training split's
+questions: train/finetune.py `finetune_vqa`, composed with this by mmtlab/evaluate.py.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
@@ -93,34 +91,3 @@ def evaluate_vqa(model, tokenizer, records, questions, *, examples: int = 12, **
         for q, a in list(zip(questions, answers))[:examples]
     ]
     return result
-
-
-def finetune_vqa(
-    run_dir: Path, steps: int, *, lr: float | None = None, batch_size: int | None = None, progress: bool = True
-) -> Path:
-    """Fine-tune a decoder run on VQA (answer-only caption loss) into RUN_DIR/vqa, initialised from
-    the run's weights and tokenizer. Resumable; a finished fine-tune is reused."""
-    from mmtlab.config import load_config
-    from mmtlab.rundir import checkpoint_step, latest_checkpoint
-    from mmtlab.train.loop import train
-
-    run_dir = Path(run_dir)
-    out = run_dir / "vqa"
-    overrides = [
-        "objectives=" + json.dumps({"caption": 1.0}),
-        "data.task=vqa",
-        f"train.steps={steps}",
-        f"train.init_from={json.dumps(str(run_dir))}",
-        "train.eval_every=null",
-        f"train.checkpoint_every={steps}",
-        f"train.warmup_steps={max(1, steps // 10)}",
-    ]
-    if lr is not None:
-        overrides.append(f"train.lr={lr}")
-    if batch_size is not None:
-        overrides.append(f"train.batch_size={batch_size}")
-    cfg = load_config(run_dir / "config.yaml", overrides)
-    ckpt = latest_checkpoint(out)
-    if ckpt is None or checkpoint_step(ckpt) < steps:
-        train(cfg, out, resume=ckpt is not None, progress=progress)
-    return out

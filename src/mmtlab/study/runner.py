@@ -77,8 +77,8 @@ def run_study(
     path: str | Path, out: str | Path | None = None, *, dry_run: bool = False, console: Console | None = None
 ) -> Path:
     from mmtlab.data.emoji_scenes import build_emoji_scenes
-    from mmtlab.eval.runs import EVALS
     from mmtlab.eval.validation import Validation
+    from mmtlab.evaluate import EVALS
     from mmtlab.rundir import checkpoint_step, latest_checkpoint
     from mmtlab.train.loop import train
 

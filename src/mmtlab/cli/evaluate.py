@@ -1,144 +1,14 @@
-"""Command line: `mmtlab demo | data build | train | eval | ablate | caption | report | layout`."""
+"""`mmtlab eval ... | caption | ablate`: evaluations and diagnostics of a trained run."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from mmtlab.config import CONFIG_DIR, ConfigError
-
-app = typer.Typer(
-    help="mmtlab: build, train, evaluate and diagnose multimodal transformers.\n\n"
-    "Start with `mmtlab demo`: it builds the embedded emoji-scenes data, trains a small dual encoder "
-    "for a few minutes and reports zero-shot retrieval.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-data_app = typer.Typer(help="Build datasets (the embedded emoji-scenes) in real formats.", no_args_is_help=True)
-eval_app = typer.Typer(help="Evaluate a trained run; results go to RUN_DIR/eval/*.json.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-app.add_typer(eval_app, name="eval")
-console = Console()
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for; printed as one line, no traceback."""
-
-
-def _parse_styles(spec: str) -> dict[str, float]:
-    styles = {}
-    for part in spec.split(","):
-        name, _, weight = part.partition("=")
-        try:
-            styles[name.strip()] = float(weight) if weight else 1.0
-        except ValueError:
-            raise UserError(f"--styles: {part!r} is not name=weight (e.g. alt_text=0.6,descriptive=0.4)") from None
-    return styles
-
-
-@data_app.command("build")
-def data_build(
-    name: Annotated[str, typer.Argument(help="dataset to build: emoji-scenes")],
-    out: Annotated[Path, typer.Option(help="output directory")] = Path("data/emoji-scenes"),
-    size: Annotated[int, typer.Option(help="number of pretraining images (one web-style caption each)")] = 20000,
-    seed: Annotated[int, typer.Option(help="generation seed")] = 0,
-    image_size: Annotated[int, typer.Option(help="scene size in pixels")] = 64,
-    noise: Annotated[float, typer.Option(help="fraction of pretraining captions taken from another image")] = 0.0,
-    styles: Annotated[
-        str, typer.Option(help="pretraining caption-style mixture (language similarity to the descriptive eval)")
-    ] = "alt_text=0.6,descriptive=0.3,narrative=0.1",
-    num_sprites: Annotated[int | None, typer.Option(help="restrict the vocabulary to the N most basic sprites")] = None,
-    eval_size: Annotated[int, typer.Option(help="images in val and in test (5 descriptive captions each)")] = 1000,
-):
-    """Build emoji-scenes: images + Karpathy JSON + WebDataset shards + preview.png."""
-    if name != "emoji-scenes":
-        raise UserError(f"unknown dataset {name!r}; available: emoji-scenes")
-    from mmtlab.data.emoji_scenes import build_emoji_scenes
-
-    summary = build_emoji_scenes(
-        out,
-        size=size,
-        seed=seed,
-        image_size=image_size,
-        noise=noise,
-        pretrain_styles=_parse_styles(styles),
-        num_sprites=num_sprites,
-        eval_size=eval_size,
-    )
-    console.print(f"[green]emoji-scenes ready[/] in {out}: " + json.dumps(summary.get("counts", summary)))
-
-
-@data_app.command("interleaved")
-def data_interleaved(
-    data: Annotated[Path, typer.Option(help="an emoji-scenes build (Karpathy JSON with boxes and labels)")],
-    out: Annotated[Path, typer.Option(help="directory for the JSONL shards")],
-    docs: Annotated[int, typer.Option(help="number of documents")] = 20000,
-    max_chunks: Annotated[int, typer.Option(help="image-text chunks per document: 1 to N")] = 8,
-    split: Annotated[str, typer.Option(help="split whose images the documents use")] = "pretrain",
-    seed: Annotated[int, typer.Option(help="document seed")] = 0,
-):
-    """Interleaved image-text documents (captioning, VQA and classification chunks) from an
-    emoji-scenes build, as OBELICS-like JSONL shards:
-    {"images": [path, null, ...], "texts": [null, "output: ...", ...]}.
-
-    Flamingo trains on them (data.interleaved), and so does its LM (their text alone)."""
-    from mmtlab.config import DataConfig
-    from mmtlab.data.interleaved import build_documents, write_shards
-    from mmtlab.data.sources import load_split
-
-    if docs < 1 or max_chunks < 1:
-        raise UserError(f"--docs and --max-chunks must be at least 1 (got {docs}, {max_chunks})")
-    records = load_split(DataConfig(root=str(data)), split)
-    built = build_documents(records, docs, max_chunks, seed)
-    shards = write_shards(built, out)
-    n_images = sum(len(d.images) for d in built)
-    console.print(f"[green]wrote[/] {len(built)} documents ({n_images} images) in {len(shards)} shards to {out}")
-    console.print(f"example: {built[0].render()[:300]}", highlight=False)
-
-
-@app.command()
-def train(
-    config: Annotated[Path | None, typer.Argument(help="run config YAML (optional with --resume)")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override a field: --set train.lr=3e-4")] = None,
-    out: Annotated[Path | None, typer.Option(help="run directory (default runs/<config name>)")] = None,
-    resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
-):
-    """Train a model from a run config. Writes config.yaml, tokenizer.json, checkpoints/, metrics.jsonl.
-
-    Several GPUs or machines: torchrun --nproc-per-node 8 -m mmtlab.cli train CONFIG --out RUN_DIR
-
-    SIGTERM saves a checkpoint and exits with code 143; --resume continues on any number of processes.
-    """
-    from mmtlab.config import load_config
-    from mmtlab.eval.validation import Validation
-    from mmtlab.train.loop import train as run_training
-
-    if config is None and not (resume and out):
-        raise UserError("give a CONFIG, or --resume with --out RUN_DIR")
-    if config is not None:
-        cfg = load_config(config, set_ or [])
-    else:
-        cfg = load_config(out / "config.yaml", set_ or [])
-    run_dir = out or Path("runs") / config.stem
-    result = run_training(cfg, run_dir, resume=resume, validate=Validation())
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for the run
-        return
-    if result.interrupted:  # SIGTERM: checkpointed; 128 + 15 tells a scheduler the run is not finished
-        console.print(f"stopped by SIGTERM after step {result.steps}; continue with --resume --out {run_dir}")
-        raise typer.Exit(143)
-    console.print(
-        f"[green]trained[/] {result.steps} steps in {run_dir} (final loss {result.final_loss:.3f}, "
-        f"{result.pairs_per_second:.0f} pairs/s, skipped images {result.skipped_images})"
-    )
+from mmtlab.cli import UserError, app, console, eval_app
 
 
 def print_retrieval(result: dict, title: str) -> None:
@@ -262,7 +132,7 @@ def eval_vqa(
 ):
     """Generative VQA on emoji-scenes (count, presence, relation, identity questions): exact-match
     accuracy overall and by type -> RUN_DIR/eval/vqa.json."""
-    from mmtlab.eval.runs import eval_vqa
+    from mmtlab.evaluate import eval_vqa
 
     r = eval_vqa(run_dir, split, data, finetune_steps, finetune_lr, max_questions)
     table = Table(title=f"VQA on {split} ({r['n_questions']} questions, exact match %)")
@@ -347,11 +217,11 @@ def caption(
     import mmtlab
     from mmtlab.data.pairs import BAD_IMAGE_ERRORS, load_image, to_float
     from mmtlab.eval.captioning import decode_continuations
+    from mmtlab.eval.runs import require_eval
     from mmtlab.eval.vqa import prompt_ids
 
     model = mmtlab.load(run_dir)
-    if not hasattr(model, "generate"):
-        raise UserError(f"{run_dir}: model.arch {model.cfg.arch!r} has no text decoder to caption with")
+    require_eval(model.run_config, "caption", run_dir)  # a family with a text decoder
     try:
         images = to_float(torch.stack([load_image(p, model.cfg.image.size) for p in image]))
     except BAD_IMAGE_ERRORS as e:
@@ -438,7 +308,7 @@ def ablate(
     Example: mmtlab train configs/runs/hendricks-text-only.yaml --out runs/text-only, then
     mmtlab ablate RUN_DIR --baseline runs/text-only --max-phrases 1000"""
     from mmtlab.diagnostics.ablation_report import ablation_rows
-    from mmtlab.eval.runs import eval_ablation
+    from mmtlab.diagnostics.runs import eval_ablation
 
     if bootstrap < 1:
         raise UserError(f"--bootstrap must be >= 1, got {bootstrap}")
@@ -454,127 +324,3 @@ def ablate(
     console.print(table)
     console.print(f"{r['n_phrases']} phrases in {r['seconds']:.1f} s ({r['phrases_per_second']} phrases/s)")
     console.print(f"wrote {run_dir / 'eval' / 'ablation.json'}, ablation.md, ablation.png")
-
-
-@app.command()
-def study(
-    spec: Annotated[Path, typer.Argument(help="study YAML (configs/studies/)")],
-    out: Annotated[Path | None, typer.Option(help="study directory (default runs/studies/<name>)")] = None,
-    dry_run: Annotated[bool, typer.Option(help="validate every run's config and list the cells, run nothing")] = False,
-):
-    """Train and evaluate a grid of runs x seeds (resumable: rerun to continue), then print one table
-    of mean ± 95% CI and write results.json, results.md and report.html."""
-    from mmtlab.study import run_study
-    from mmtlab.study.report import write_study_report
-    from mmtlab.study.runner import StudyStopped
-
-    try:
-        out_dir = run_study(spec, out, dry_run=dry_run, console=console)
-    except StudyStopped as e:
-        console.print(str(e))
-        raise typer.Exit(143) from None
-    if not dry_run:
-        console.print(f"wrote {write_study_report(out_dir)}")
-
-
-@app.command()
-def report(path: Annotated[Path, typer.Argument(help="a run directory or a study directory")]):
-    """Write a report: RUN_DIR/report.md (curves, tables, pictures) or STUDY_DIR/report.html."""
-    from mmtlab.report import write_run_report
-    from mmtlab.study.report import write_study_report
-
-    if (path / "results.json").exists():
-        console.print(f"wrote {write_study_report(path)}")
-    elif (path / "config.yaml").exists():
-        console.print(f"wrote {write_run_report(path)}")
-    else:
-        raise UserError(f"{path} is neither a run directory (config.yaml) nor a study directory (results.json)")
-
-
-@app.command()
-def layout(
-    model: Annotated[str, typer.Argument(help="a model config name (configs/models) or run config path")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set model.depth=6")] = None,
-):
-    """Print a model's attention layout: which streams each layer's queries attend to."""
-    import yaml
-
-    from mmtlab.config import load_config
-    from mmtlab.models.fusion import build_layout
-
-    path = Path(model)
-    is_run = path.suffix in (".yaml", ".yml") and path.exists() and "model" in (yaml.safe_load(path.read_text()) or {})
-    cfg = load_config(path if is_run else {"model": model}, set_ or [])
-    specs = build_layout(cfg.model.layout, cfg.model.depth, **cfg.model.layout_args)
-    table = Table(title=f"{cfg.model.layout} ({len(specs)} layers)")
-    grouped = any(s.group for s in specs)  # decoder families: which pass runs which layers
-    cols = ("layer", *(("group",) if grouped else ()), "text queries see", "image queries see", "weights")
-    for col in (*cols, "cross-attn", "ffn", "causal text"):
-        table.add_column(col)
-    for i, s in enumerate(specs):
-        table.add_row(
-            str(i),
-            *((s.group,) if grouped else ()),
-            ", ".join(s.attend.get("text", ())) or "-",
-            ", ".join(s.attend.get("image", ())) or "-",
-            s.weights,
-            s.cross_attention or "-",
-            "yes" if s.ffn else "no",
-            "yes" if s.causal_text else "no",
-        )
-    console.print(table)
-
-
-@app.command()
-def demo(
-    data: Annotated[Path, typer.Option(help="where to build / find emoji-scenes")] = Path("data/emoji-scenes"),
-    out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/demo"),
-    config: Annotated[Path, typer.Option(help="run config")] = CONFIG_DIR / "runs" / "demo.yaml",
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config field")] = None,
-    fresh: Annotated[bool, typer.Option(help="delete an earlier demo run and train again")] = False,
-):
-    """Build the data if missing, train a small dual encoder (minutes on a laptop CPU), evaluate
-    zero-shot retrieval on the test split, and write RUN_DIR/report.md with pictures."""
-    from mmtlab.config import load_config
-    from mmtlab.data.emoji_scenes import build_emoji_scenes
-    from mmtlab.eval.runs import eval_retrieval
-    from mmtlab.eval.validation import Validation
-    from mmtlab.report import write_run_report
-    from mmtlab.rundir import checkpoint_step, latest_checkpoint
-    from mmtlab.train.loop import train as run_training
-
-    cfg = load_config(config, [f"data.root={data}", *(set_ or [])])
-    console.rule("[bold]1/3 data: emoji-scenes")
-    build_emoji_scenes(data)
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    console.rule("[bold]2/3 training a dual encoder")
-    ckpt = latest_checkpoint(out)
-    done_step = checkpoint_step(ckpt) if ckpt else 0
-    if ckpt and done_step >= cfg.train.steps:
-        console.print(f"{out} is already trained ({done_step} steps); use --fresh to train again")
-    else:
-        result = run_training(cfg, out, resume=ckpt is not None, validate=Validation())
-        console.print(f"trained {result.steps} steps at {result.pairs_per_second:.0f} pairs/s")
-    console.rule("[bold]3/3 zero-shot retrieval on the test split")
-    result = eval_retrieval(out, cfg.data.test_split)
-    print_retrieval(result, f"zero-shot retrieval, test ({result['n_images']} images x 5 captions)")
-    report_path = write_run_report(out)
-    console.print(f"report: {report_path}\nretrieval examples: {out / 'eval' / 'retrieval_examples.png'}")
-
-
-def main() -> None:
-    from mmtlab.data.sources import DatasetNotFound
-    from mmtlab.eval.runs import EvalError
-    from mmtlab.train.checkpoint import CheckpointError
-    from mmtlab.train.loop import RunDirError
-
-    try:
-        app()
-    except (UserError, ConfigError, DatasetNotFound, RunDirError, EvalError, FileNotFoundError, CheckpointError) as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,5 @@
+"""`python -m mmtlab.cli` = `mmtlab`."""
+
+from mmtlab.cli import main
+
+main()

@@ -1,0 +1,45 @@
+"""Evaluations of a run directory by name: what `mmtlab eval NAME` and a study's `evals:` call.
+
+Each writes RUN_DIR/eval/<name>.json and returns its metrics. The runners live with their layer:
+eval/runs.py (retrieval, mlm, caption, vqa, probe, fewshot), diagnostics/runs.py (the cross-modal
+ablation); VQA may first fine-tune the run (train/finetune.py), which is why the registry sits
+above all three. A family lists the names that apply to it (mmtlab/families.py: `evals`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from mmtlab.diagnostics.runs import eval_ablation
+from mmtlab.eval import runs
+from mmtlab.train.finetune import finetune_vqa
+
+
+def eval_vqa(
+    run_dir: Path,
+    split: str = "test",
+    data: Path | None = None,
+    finetune_steps: int | None = None,
+    finetune_lr: float | None = None,
+    max_questions: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Generative VQA accuracy by question type. With `finetune_steps`, the run is first fine-tuned
+    on VQA questions of its training split (into RUN_DIR/vqa), and that model is evaluated."""
+    tuned = None
+    if finetune_steps:
+        runs.require_eval(runs.load_run(Path(run_dir))[1], "vqa", Path(run_dir))  # before training, not after
+        tuned = finetune_vqa(run_dir, finetune_steps, lr=finetune_lr, progress=progress)
+    return runs.eval_vqa(run_dir, split, data, max_questions, progress, model_dir=tuned, finetune_steps=finetune_steps)
+
+
+EVALS: dict[str, Callable[..., dict]] = {
+    "retrieval": runs.eval_retrieval,
+    "mlm": runs.eval_mlm,
+    "caption": runs.eval_caption,
+    "vqa": eval_vqa,
+    "probe": runs.eval_probe,
+    "fewshot": runs.eval_fewshot,
+    "ablation": eval_ablation,
+}
