@@ -27,7 +27,7 @@ from common import write_result  # benchmarks/common.py
 from safetensors.torch import load_file
 
 from mmtlab.config import CONFIG_DIR
-from mmtlab.train.checkpoint import latest_checkpoint
+from mmtlab.rundir import latest_checkpoint, latest_step
 
 SHORT = [
     "train.steps=30",
@@ -87,7 +87,7 @@ def main() -> None:
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     killed_at = logged_step(root / "killed")
-    resumed_from = int(latest_checkpoint(root / "killed").name.split("_")[1])
+    resumed_from = latest_step(root / "killed")
     resumed = cli(args.config, root / "killed", [], "--resume")  # the run's own config.yaml
     if resumed.wait():
         sys.exit(f"resume failed:\n{resumed.stderr.read()[-3000:]}")

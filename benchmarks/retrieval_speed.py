@@ -32,7 +32,7 @@ from mmtlab.data.loader import image_source
 from mmtlab.data.sources import load_split
 from mmtlab.eval.cross import PAIR_CHUNK, encode_unpaired_records, exhaustive_scores, rerank_scores
 from mmtlab.eval.retrieval import embed_records, recall_at_k
-from mmtlab.train.checkpoint import latest_checkpoint
+from mmtlab.rundir import checkpoint_step, latest_checkpoint
 from mmtlab.train.loop import train
 
 
@@ -42,7 +42,7 @@ def trained_run(run: Path | None, data: str) -> Path:
     run = RESULTS_DIR / "retrieval_speed_run"
     cfg = load_config(CONFIG_DIR / "runs" / "retrieval-bench.yaml", [f"data.root={data}"])
     ckpt = latest_checkpoint(run)
-    if ckpt is None or int(ckpt.name.split("_")[1]) < cfg.train.steps:
+    if ckpt is None or checkpoint_step(ckpt) < cfg.train.steps:
         train(cfg, run, resume=ckpt is not None)
     return run
 

@@ -8,6 +8,11 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from mmtlab.data.formats.flickr30k_entities import EXPORT_DIR, SENTENCES, load_entities
+from mmtlab.data.loader import image_source
+from mmtlab.data.sources import load_split
+from mmtlab.diagnostics import ablation as ab
+from mmtlab.diagnostics.ablation_report import ablation_markdown, plot_ablation
 from mmtlab.eval.runs import EvalError, load_run, require_eval
 from mmtlab.io import atomic_write_json, atomic_write_text
 
@@ -28,11 +33,6 @@ def eval_ablation(
     """Cross-modal input ablation (diagnostics/ablation.py) on the grounded phrases of `split`:
     vision-for-language (MLM head) and language-for-vision (MRM head), with a text-only `baseline`
     run evaluated on the same phrases. Writes eval/ablation.json, ablation.md and ablation.png."""
-    from mmtlab.data.formats.flickr30k_entities import EXPORT_DIR, load_entities
-    from mmtlab.data.loader import image_source
-    from mmtlab.data.sources import load_split
-    from mmtlab.diagnostics import ablation as ab
-    from mmtlab.diagnostics.ablation_report import ablation_markdown, plot_ablation
 
     if alignment not in ab.OVERLAPS:
         raise EvalError(f"--alignment {alignment!r}: choose one of {', '.join(ab.OVERLAPS)}")
@@ -105,7 +105,6 @@ def entities_root(given: Path | None, default: Path, records):
     """The Flickr30k Entities root to read: `given`, else the dataset's export, else (a build made
     before the export existed, or a split it does not export: pretrain) an export of the records'
     grounding into a temporary directory."""
-    from mmtlab.data.formats.flickr30k_entities import SENTENCES
 
     if given is not None:
         if not Path(given).is_dir():

@@ -9,8 +9,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from mmtlab.data.emoji_scenes.vqa import make_questions
+from mmtlab.data.loader import image_source
+from mmtlab.data.sources import load_split
+from mmtlab.eval.captioning import evaluate_captioning
+from mmtlab.eval.cross import cross_metrics, encode_unpaired_records
+from mmtlab.eval.examples import plot_text_to_image
+from mmtlab.eval.fewshot import evaluate_fewshot, image_worth, plot_fewshot
+from mmtlab.eval.mlm import evaluate_mlm
+from mmtlab.eval.probe import run_probes
+from mmtlab.eval.retrieval import embed_records, retrieval_metrics
+from mmtlab.eval.vqa import evaluate_vqa
 from mmtlab.families import FAMILIES, family_of
 from mmtlab.io import atomic_write_json
+from mmtlab.models import build_model
 
 
 class EvalError(RuntimeError):
@@ -65,9 +79,6 @@ def eval_retrieval(
     `image_size`: evaluate at another resolution (the positional grid is resampled; see image.cpe);
     the file name gets a `_<size>px` suffix.
     """
-    from mmtlab.data.loader import image_source
-    from mmtlab.data.sources import load_split
-    from mmtlab.eval.retrieval import embed_records, retrieval_metrics
 
     if mode not in RETRIEVAL_MODES:
         raise EvalError(f"retrieval mode {mode!r}: choose one of {', '.join(RETRIEVAL_MODES)}")
@@ -101,12 +112,8 @@ def eval_retrieval(
         result = {**info, **retrieval_metrics(emb)}
         atomic_write_json(run_dir / "eval" / retrieval_file("dual", image_size), result)
         if examples:
-            from mmtlab.eval.examples import plot_text_to_image
-
             plot_text_to_image(emb, records, run_dir / "eval" / "retrieval_examples.png")
         return result
-
-    from mmtlab.eval.cross import cross_metrics, encode_unpaired_records
 
     un = encode_unpaired_records(model, model.tokenizer, records, source=source, batch_size=bs, progress=progress)
     short = None
@@ -129,15 +136,12 @@ def eval_retrieval(
 
 def eval_mlm(run_dir: Path, split: str = "test", data: Path | None = None, progress: bool = True) -> dict:
     """Masked-token loss in bits with and without the image."""
-    from mmtlab.data.sources import load_split
-    from mmtlab.eval.mlm import evaluate_mlm
 
     run_dir = Path(run_dir)
     model, cfg = load_run(run_dir, data)
     require_eval(cfg, "mlm", run_dir)
     if model.mlm is None:
         raise EvalError(f"{run_dir}: the model has no MLM head (outputs: {cfg.model.outputs})")
-    from mmtlab.data.loader import image_source
 
     records = load_split(cfg.data, split)
     source = image_source(cfg, records, progress)
@@ -173,8 +177,6 @@ def eval_caption(
     progress: bool = True,
 ) -> dict:
     """Caption the split's images; BLEU-4 and CIDEr against their reference captions."""
-    from mmtlab.data.sources import load_split
-    from mmtlab.eval.captioning import evaluate_captioning
 
     run_dir = Path(run_dir)
     model, cfg = load_run(run_dir, data)
@@ -216,8 +218,6 @@ def eval_fewshot(
     eval/fewshot.json and eval/fewshot.png (score vs shots), with the held-out document loss with
     own / shuffled / no images (`image_worth`). `blind`: the control without vision,
     every tanh gate closed (the frozen LM with the trained <image> embedding) -> fewshot_blind.*"""
-    from mmtlab.data.sources import load_split
-    from mmtlab.eval.fewshot import evaluate_fewshot, image_worth, plot_fewshot
 
     run_dir = Path(run_dir)
     model, cfg = load_run(run_dir, data)
@@ -252,9 +252,6 @@ def eval_vqa(
     """Generative VQA accuracy by question type -> RUN_DIR/eval/vqa.json. `model_dir`: evaluate
     another run's model in its place (the VQA fine-tune of RUN_DIR, train/finetune.py); `info` is
     recorded in the result."""
-    from mmtlab.data.emoji_scenes.vqa import make_questions
-    from mmtlab.data.sources import load_split
-    from mmtlab.eval.vqa import evaluate_vqa
 
     run_dir = Path(run_dir)
     model, cfg = load_run(run_dir, data)
@@ -283,10 +280,6 @@ def eval_probe(
 ) -> dict:
     """Linear probes of the frozen encoders (image: largest sprite and its category, text: caption
     style, speech: keyword), each also on the same architecture at random init."""
-    import torch
-
-    from mmtlab.eval.probe import run_probes
-    from mmtlab.models import build_model
 
     run_dir = Path(run_dir)
     model, cfg = load_run(run_dir, data)

@@ -263,6 +263,7 @@ def with_frozen_parts(cfg):
     MLP ratio, text settings and tokenizer, and the vision run's model config (so the run directory
     describes the whole model). The registry's `complete` hook (mmtlab/families.py)."""
     from mmtlab.config import ConfigError, load_config
+    from mmtlab.families import family_of
 
     fc = cfg.model.flamingo
 
@@ -272,7 +273,7 @@ def with_frozen_parts(cfg):
         return load_config(Path(run) / "config.yaml")
 
     vision = run_config(fc.vision_run, "vision_run")
-    if vision.model.arch != "encoder" or vision.model.layout != "modality_specific":
+    if family_of(vision).passes != "encoder" or vision.model.layout != "modality_specific":
         raise ConfigError(f"model.flamingo.vision_run: {fc.vision_run} is not a dual encoder (modality_specific)")
     cfg = cfg.model_copy(deep=True)
     m = cfg.model
@@ -288,7 +289,7 @@ def with_frozen_parts(cfg):
         m.text = m.text.model_copy(update={"max_len": f["max_len"]})
     else:
         lm = run_config(fc.lm_run, "lm_run")
-        if lm.model.arch != "lm":
+        if lm.model.layout != "lm":  # the causal LM family's own layout
             raise ConfigError(f"model.flamingo.lm_run: {fc.lm_run} is a {lm.model.arch} run, not a causal LM (arch lm)")
         m.width, m.depth, m.heads, m.mlp_ratio = lm.model.width, lm.model.depth, lm.model.heads, lm.model.mlp_ratio
         m.gelu = lm.model.gelu
