@@ -117,7 +117,7 @@ def test_sigterm_during_a_run_stops_the_study_without_marking_the_run_done(tmp_p
 
     real_train = loop.train
 
-    def sigterm_after_one_step(cfg, run_dir, resume=False, console=None):
+    def sigterm_after_one_step(cfg, run_dir, resume=False, console=None, validate=None):
         result = real_train(cfg, run_dir, resume=resume, console=console, stop_after=1, progress=False)
         return dataclasses.replace(result, interrupted=True)  # what train returns after a SIGTERM
 
