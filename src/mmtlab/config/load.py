@@ -18,24 +18,62 @@ from mmtlab.config.schema import RunConfig
 CONFIG_DIR = Path(__file__).parent.parent / "configs"
 
 
-def _model_file(name: str) -> Path:
+def _model_file(name) -> Path:
+    if not isinstance(name, str):
+        raise ConfigError(f"model.base: expected a model config name or a .yaml path, got {name!r}")
     p = Path(name)
-    if p.suffix in (".yaml", ".yml") and p.exists():
+    if p.suffix in (".yaml", ".yml") and p.is_file():
         return p
     p = CONFIG_DIR / "models" / f"{name}.yaml"
-    if not p.exists():
+    if not p.is_file():
         known = sorted(f.stem for f in (CONFIG_DIR / "models").glob("*.yaml"))
         raise ConfigError(f"model: unknown model config {name!r}; known: {', '.join(known)} (or a path to a .yaml)")
     return p
 
 
-def _read_yaml(path: Path) -> dict:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error (YAML keeps the last)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice (line {key_node.start_mark.line + 1})", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def parse_yaml(text: str, where: str):
+    """YAML text -> Python objects (safe types only; duplicate keys are errors)."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(e).split())}") from None
+
+
+def _read_yaml(path: Path) -> dict:
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a config file")
+    try:
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (UTF-8) file; a config is YAML") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a text file; a config is YAML")
+    data = parse_yaml(text, str(path))
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; a run config needs at least a model or objectives")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
@@ -70,10 +108,14 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         parts = key.strip().split(".")
         node = raw
         for p in parts[:-1]:
-            if not isinstance(node.setdefault(p, {}), dict):
-                raise ConfigError(f"--set {key}: {p!r} is not a section")
+            if node.get(p) is None:
+                node[p] = {}  # a section the file leaves out, or sets to null
+            if not isinstance(node[p], dict):
+                raise ConfigError(f"--set {key}: {p!r} is not a section (it is {node[p]!r})")
             node = node[p]
-        node[parts[-1]] = yaml.safe_load(value)
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: empty field name in {key!r}")
+        node[parts[-1]] = parse_yaml(value, f"--set {key}")
     return raw
 
 
@@ -114,6 +156,9 @@ def format_validation_error(e: ValidationError) -> str:
 def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> RunConfig:
     """Load a run config from a YAML path or dict, apply dotted overrides, validate."""
     raw = _read_yaml(Path(source)) if isinstance(source, str | Path) else copy.deepcopy(source)
+    for section in ("data", "tokenizer", "model", "objectives", "train", "eval"):
+        if section in raw and raw[section] is None:
+            raise ConfigError(f"{section}: empty section (null); give its fields, or delete the line for the defaults")
     raw = _merge_model_base(raw)
     raw = apply_overrides(raw, overrides or [])
     raw = _merge_model_base(raw)  # an override may have named a new base model

@@ -9,15 +9,24 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mmtlab.config.base import Strict
+from mmtlab.config.base import (
+    MAX_ACCUM,
+    MAX_BATCH,
+    MAX_DEPTH,
+    MAX_PIXELS,
+    MAX_SEED,
+    MAX_TOKENS,
+    MAX_WIDTH,
+    Strict,
+)
 from mmtlab.config.sections import Data2VecConfig, FlamingoConfig, SpeechConfig
 from mmtlab.families import FAMILIES, FAMILY_LAYOUTS, family
 
 
 class ImageConfig(Strict):
-    size: int = Field(64, gt=0, description="input resolution in pixels (square)")
-    patch: int = Field(8, gt=0, description="ViT patch size in pixels")
-    channels: int = 3
+    size: int = Field(64, gt=0, le=MAX_PIXELS, description="input resolution in pixels (square)")
+    patch: int = Field(8, gt=0, le=MAX_PIXELS, description="ViT patch size in pixels")
+    channels: Literal[3] = Field(3, description="RGB: images are decoded to 3 channels")
     input: Literal["patches", "regions"] = Field(
         "patches", description="pixels cut into ViT patches, or toy-detector regions (data.regions)"
     )
@@ -40,7 +49,7 @@ class ImageConfig(Strict):
 
 
 class TextConfig(Strict):
-    max_len: int = Field(32, gt=1, description="captions are truncated to this many tokens")
+    max_len: int = Field(32, gt=1, le=MAX_TOKENS, description="captions are truncated to this many tokens")
     vocab_size: int | None = Field(None, description="filled in from the tokenizer")
     pad_id: int = 0
     cls_id: int = 2
@@ -68,14 +77,14 @@ class ModelConfig(Strict):
         "flamingo",
     ] = Field("modality_specific", description="attention layout preset; decoder families: the arch's own")
     layout_args: dict[str, Any] = Field(default_factory=dict, description="extra preset arguments, e.g. {k: 2}")
-    width: int = Field(128, gt=0)
-    depth: int = Field(4, ge=0)
-    heads: int = Field(4, gt=0, description="attention heads")
+    width: int = Field(128, gt=0, le=MAX_WIDTH)
+    depth: int = Field(4, ge=0, le=MAX_DEPTH)
+    heads: int = Field(4, gt=0, le=MAX_WIDTH, description="attention heads")
     mlp_ratio: float = Field(4.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     gelu: Literal["exact", "tanh"] = Field("exact", description="the MLPs' GELU: exact (erf) or tanh (GPT-2's)")
     pool: Literal["cls", "mean"] = "cls"
-    embed_dim: int = Field(128, gt=0, description="joint embedding size of the contrastive head")
+    embed_dim: int = Field(128, gt=0, le=MAX_WIDTH, description="joint embedding size of the contrastive head")
     outputs: list[OutputHead] | None = Field(None, description="output heads; default: what the objectives need")
     image: ImageConfig = Field(default_factory=ImageConfig)
     text: TextConfig = Field(default_factory=TextConfig)
@@ -102,7 +111,7 @@ class ModelConfig(Strict):
         if "data2vec" in fam.fields:
             data = {**data, "data2vec": data.get("data2vec") or {}}
             mods = data["data2vec"].get("modalities", []) if isinstance(data["data2vec"], dict) else []
-            if "speech" in (mods or []) and data.get("speech") is None:
+            if isinstance(mods, list) and "speech" in mods and data.get("speech") is None:
                 data["speech"] = {}
         return data
 
@@ -164,7 +173,7 @@ class TokenizerConfig(Strict):
 
 class RegionsConfig(Strict):
     num_regions: int = Field(8, ge=1, le=100, description="proposal boxes per image (gold jittered + distractors)")
-    seed: int = Field(0, description="proposal seed")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="proposal seed")
     detector: str | None = Field(None, description="toy detector safetensors; default: the one shipped")
     cache_dir: str | None = Field(None, description="region feature cache; default $MMTLAB_CACHE or ~/.cache/mmtlab")
 
@@ -191,7 +200,7 @@ class DataConfig(Strict):
     train_split: str = "pretrain"
     val_split: str = "val"
     test_split: str = "test"
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=256)
     max_train_pairs: int | None = Field(None, gt=0, description="use only the first N training pairs")
     regions: RegionsConfig = Field(default_factory=RegionsConfig, description="region inputs (model.image.input)")
 
@@ -232,13 +241,13 @@ class DataConfig(Strict):
 class TrainConfig(Strict):
     steps: int = Field(1000, gt=0, description="optimizer steps")
     batch_size: int = Field(
-        128, gt=0, description="pairs per micro-batch over all processes (under torchrun each takes batch_size / N)"
+        128, gt=0, le=MAX_BATCH, description="pairs per micro-batch over all processes (under torchrun each takes N-th)"
     )
-    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    grad_accum: int = Field(1, gt=0, le=MAX_ACCUM, description="micro-batches per optimizer step")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
+    betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas, each in [0, 1)")
+    eps: float = Field(1e-6, gt=0, description="AdamW epsilon")
     warmup_steps: int = Field(100, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
     grad_clip: float | None = Field(1.0, gt=0)
@@ -255,6 +264,13 @@ class TrainConfig(Strict):
     eval_max_images: int = Field(500, gt=0)
     threads: int | None = Field(None, gt=0, description="torch intra-op threads; default: all cores")
     init_from: str | None = Field(None, description="run dir or checkpoint to initialise matching weights from")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"AdamW betas must each be in [0, 1), got {list(v)}")
+        return v
 
 
 ObjectiveName = Literal[
@@ -304,11 +320,11 @@ class ObjectiveConfig(Strict):
 
 
 class EvalConfig(Strict):
-    batch_size: int = Field(256, gt=0)
+    batch_size: int = Field(256, gt=0, le=MAX_BATCH)
 
 
 class RunConfig(Strict):
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     data: DataConfig = Field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -320,6 +336,9 @@ class RunConfig(Strict):
     @classmethod
     def _weights_as_numbers(cls, v):
         if isinstance(v, dict):
+            for k, w in v.items():
+                if isinstance(w, bool) or (isinstance(w, dict) and isinstance(w.get("weight"), bool)):
+                    raise ValueError(f"objectives.{k}: give a weight (a number, e.g. 1.0), not {w!r}")
             return {k: {"weight": w} if isinstance(w, int | float) else w for k, w in v.items()}
         return v
 
@@ -327,6 +346,8 @@ class RunConfig(Strict):
     def _objectives_fit(self):
         if not self.objectives:
             raise ValueError("objectives: at least one objective is needed (contrastive, mlm, caption, ...)")
+        if all(oc.weight == 0 for oc in self.objectives.values()):
+            raise ValueError("objectives: every weight is 0, so nothing would be trained")
         _check_objective_options(self)
         arch = self.model.arch
         fam = family(arch)
