@@ -16,7 +16,17 @@ from rich.console import Console
 
 from mmtlab.io import atomic_write_json, atomic_write_text
 from mmtlab.progress import stderr
-from mmtlab.study.spec import Cell, StudySpec, cell_config, expand, load_study, pretrain_configs, with_pretrained
+from mmtlab.study.spec import (
+    Cell,
+    StudySpec,
+    cell_config,
+    check_calls,
+    check_run_dirs,
+    expand,
+    load_study,
+    pretrain_configs,
+    with_pretrained,
+)
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (n - 1); 1.96 beyond 30.
 T95 = [
@@ -85,11 +95,9 @@ def run_study(
     spec, base = load_study(path)
     out = Path(out) if out else Path("runs") / "studies" / spec.name
     cells = expand(spec)
-    unknown = [e for e in spec.evals if e not in EVALS]
-    if unknown:
-        from mmtlab.config import ConfigError
-
-        raise ConfigError(f"{path}: evals {unknown} unknown; available: {', '.join(EVALS)}")
+    # Everything is checked before anything is written: run directories, evaluations, data builds.
+    check_run_dirs(spec, cells, out, Path(path))
+    check_calls(spec, Path(path))
     # Validate every run's config before spending hours on the first ones.
     pretrain = pretrain_configs(spec, Path(path))
     pretrained = {name: out / "pretrain" / name for name in pretrain}
