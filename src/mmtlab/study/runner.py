@@ -118,7 +118,7 @@ def run_study(
         ckpt = latest_checkpoint(pretrained[name])
         if ckpt is None or int(ckpt.name.split("_")[1]) < cfg.train.steps:
             console.rule(f"pretraining {name}")
-            if train(cfg, pretrained[name], resume=ckpt is not None, console=console).interrupted:
+            if _train(train, cfg, pretrained[name], ckpt is not None, console).interrupted:
                 raise StudyStopped(f"SIGTERM: stopped during {pretrained[name]} (checkpointed); rerun the study")
     for i, ((cell, seed), cfg) in enumerate(configs.items(), 1):
         run_dir = run_dir_of(out, cell, seed)
@@ -132,7 +132,7 @@ def run_study(
         console.rule(f"[{i}/{total}] {cell.name}, seed {seed}" + (f": evaluating {', '.join(todo)}" if metrics else ""))
         ckpt = latest_checkpoint(run_dir)
         unfinished = ckpt is None or int(ckpt.name.split("_")[1]) < cfg.train.steps
-        if unfinished and train(cfg, run_dir, resume=ckpt is not None, console=console).interrupted:
+        if unfinished and _train(train, cfg, run_dir, ckpt is not None, console).interrupted:
             raise StudyStopped(f"SIGTERM: stopped during {run_dir} (checkpointed); rerun the study to continue")
         for name in todo:
             params = {k: with_pretrained(v, pretrained) for k, v in spec.evals[name].items()}
@@ -140,6 +140,14 @@ def run_study(
         atomic_write_json(done, {"cell": dict(cell.labels), "seed": seed, "metrics": metrics})
     aggregate(out, spec, cells, console)
     return out
+
+
+def _train(train, cfg, run_dir: Path, resume: bool, console: Console):
+    try:
+        return train(cfg, run_dir, resume=resume, console=console)
+    except KeyboardInterrupt:  # Ctrl-C: the run is checkpointed (train/signals.py)
+        console.print("Ctrl-C: the study stopped; rerun it to continue (finished runs are kept)")
+        raise
 
 
 def metric_value(metrics: dict, name: str) -> float | None:
