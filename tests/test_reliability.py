@@ -266,11 +266,11 @@ def test_a_second_launch_into_one_run_dir_fails_at_once(tiny_data, tmp_path, mon
 def test_an_error_inside_the_lock_leaves_no_new_run_dir(tmp_path):
     from mmtlab.train.lock import run_dir_lock
 
-    run = tmp_path / "new"
+    run = tmp_path / "new" / "run"
     with pytest.raises(ValueError), run_dir_lock(run, None, RunDirError):
         assert (run / ".lock").exists()
         raise ValueError("checked inside")
-    assert not run.exists()  # e.g. a config error found by the loop: nothing written
+    assert not (tmp_path / "new").exists()  # e.g. a config error found by the loop: nothing written
 
 
 # ------------------------------------------------------------------------------- damaged shards

@@ -8,6 +8,7 @@ into place (`honour_umask`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -41,12 +42,12 @@ def honour_umask(path: str | Path | int, directory: bool = False) -> None:
 
 def honour_umask_tree(root: str | Path) -> None:
     """`honour_umask` for every file and directory under `root` (not `root` itself): for what
-    libraries write owner-only, such as safetensors' `save_file` (0600)."""
+    libraries write owner-only, such as safetensors' `save_file` (0600). Best effort: a file this
+    user may not chmod (another rank's, on a shared file system) keeps its mode."""
     for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames:
-            honour_umask(Path(dirpath) / name, directory=True)
-        for name in filenames:
-            honour_umask(Path(dirpath) / name)
+        for name, directory in [*((d, True) for d in dirnames), *((f, False) for f in filenames)]:
+            with contextlib.suppress(OSError):
+                honour_umask(Path(dirpath) / name, directory=directory)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -53,7 +53,7 @@ class RunDirLock:
         self.run_dir, self.error = Path(run_dir), error
         self.path = self.run_dir / LOCK_NAME
         self.fd: int | None = None
-        self.created_dir = False
+        self.created: Path | None = None  # the outermost directory acquire() created, if any
 
     def _busy(self, pid: int) -> Exception:
         holder = f"another mmtlab process (PID {pid})" if pid else "another mmtlab process"
@@ -63,7 +63,8 @@ class RunDirLock:
 
     def acquire(self) -> RunDirLock:
         try:
-            self.created_dir = not self.run_dir.exists()
+            missing = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
+            self.created = missing[-1] if missing else None
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise self.error(f"--out {self.run_dir}: cannot create the run directory: {e.strerror or e}") from None
@@ -105,9 +106,12 @@ class RunDirLock:
             os.unlink(self.path)  # while still holding the lock: see the module docstring
         os.close(self.fd)  # drops the flock
         self.fd = None
-        if remove_empty_dir and self.created_dir:  # nothing was written: leave no empty run directory
+        if remove_empty_dir and self.created is not None:  # nothing written: leave no empty directories
             with contextlib.suppress(OSError):
-                self.run_dir.rmdir()
+                for d in (self.run_dir, *self.run_dir.parents):
+                    d.rmdir()  # fails (and stops) at the first one something was written in
+                    if d == self.created:
+                        break
 
     def __enter__(self) -> RunDirLock:
         return self.acquire()
