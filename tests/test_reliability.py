@@ -106,7 +106,8 @@ def test_diverged_run_stops_with_one_line_and_keeps_the_last_finite_checkpoint(
     assert [d.name for d in checkpoint_dirs(run)] == ["step_00000004"]
     weights = load_file(latest_checkpoint(run) / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
-    strict_lines(run / "metrics.jsonl")
+    last = strict_lines(run / "metrics.jsonl")[-1]
+    assert last["event"] == "diverged" and "step_00000004" in last["reason"]
 
 
 def test_skip_policy_counts_steps_keeps_a_finite_checkpoint_and_logs_strict_json(

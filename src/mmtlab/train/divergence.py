@@ -50,12 +50,14 @@ class NonFiniteGuard:
         *,
         agree: Callable[[bool], bool] | None = None,
         skipped: int = 0,
+        log=None,
     ):
         if policy not in POLICIES:
             raise ValueError(f"train.on_nonfinite: {policy!r} is not one of {', '.join(POLICIES)}")
         self.policy, self.run_dir, self.skipped = policy, run_dir, int(skipped)
         self.last_ok = True  # the latest step's loss and gradient were finite
         self.agree = agree or (lambda flag: flag)
+        self.log = log  # a MetricsLog: a stop is recorded as {"event": "diverged"} at its step
 
     def check(self, step: int, loss: float, grad_norm=None, params: Iterable[torch.nn.Parameter] = ()) -> str:
         """ "ok" to apply step `step`'s update, "skip" to drop it; raises DivergedError under "stop".
@@ -73,12 +75,18 @@ class NonFiniteGuard:
         if self.policy == "skip":
             self.skipped += 1
             return "skip"
-        raise DivergedError(self._message(f"{what or 'another process: the loss is not finite'} at step {step}"))
+        self._stop(step, f"{what or 'another process: the loss is not finite'} at step {step}")
 
     def check_weights(self, step: int, model: torch.nn.Module) -> None:
         """Before a checkpoint: weights that are no longer finite are never saved (either policy)."""
         if self.agree(not tensors_finite(model.parameters())):
-            raise DivergedError(self._message(f"the weights are not finite after step {step}"))
+            self._stop(step, f"the weights are not finite after step {step}")
+
+    def _stop(self, step: int, what: str):
+        message = self._message(what)
+        if self.log is not None:
+            self.log.log(step, event="diverged", reason=message)
+        raise DivergedError(message)
 
     def _message(self, what: str) -> str:
         last = last_finite_checkpoint(self.run_dir) if self.run_dir is not None else None

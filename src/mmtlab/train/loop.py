@@ -196,14 +196,18 @@ def _train(
     total = cfg.train.steps
     end = total if stop_after is None else min(total, stop_after)
     tcfg = cfg.train
-    guard = NonFiniteGuard(
-        getattr(tcfg, "on_nonfinite", "stop"), run_dir, agree=dp.any, skipped=ckpt_meta.get("nonfinite_steps", 0)
-    )
     per_step = tcfg.batch_size * tcfg.grad_accum
     batches = training_batches(
         pairs, cfg, tok, start_sample=start * per_step, rank=dp.rank, world=dp.world, resume_state=ckpt_meta
     )
     log = MetricsLog(run_dir, resume_step=start if resume else None) if dp.is_main else _NoLog()
+    guard = NonFiniteGuard(
+        getattr(tcfg, "on_nonfinite", "stop"),
+        run_dir,
+        agree=dp.any,
+        skipped=ckpt_meta.get("nonfinite_steps", 0),
+        log=log,
+    )
     if start == 0:
         extra = {"processes": dp.world, "data_parallel": tcfg.data_parallel} if dp.distributed else {}
         size = {"train_pairs": len(pairs)} if hasattr(pairs, "__len__") else {}
