@@ -84,7 +84,7 @@ def test_study_runs_resumes_and_aggregates(tmp_path, tiny_data):
     from mmtlab import evaluate as runs
 
     ckpts = sorted((out / "runs" / "dual__low" / "seed_0" / "checkpoints").iterdir())
-    runs.EVALS["mlm_like"] = runs.eval_retrieval  # any evaluation: the retrieval one on another split
+    runs.EVALS["mlm_like"] = runs.EVALS["retrieval"]  # any evaluation: the retrieval one on another split
     try:
         run_study(path, tmp_path / "out")
     finally:

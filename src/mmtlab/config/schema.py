@@ -264,6 +264,11 @@ class TrainConfig(Strict):
     eval_max_images: int = Field(500, gt=0)
     threads: int | None = Field(None, gt=0, description="torch intra-op threads; default: all cores")
     init_from: str | None = Field(None, description="run dir or checkpoint to initialise matching weights from")
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="a NaN/inf loss or gradient: stop the run (the last finite checkpoint is kept), or skip the "
+        "update and count it (metrics: nonfinite_steps)",
+    )
 
     @field_validator("betas")
     @classmethod

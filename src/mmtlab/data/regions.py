@@ -34,6 +34,7 @@ from torch import Tensor
 from mmtlab.batches import Regions  # noqa: F401  (defined with the other batch types)
 from mmtlab.data.boxes import box_geometry, box_iou
 from mmtlab.data.detector import CROP, ToyDetector, crop_boxes, load_detector
+from mmtlab.io import honour_umask
 
 FORMAT_VERSION = 1
 JITTER_SHIFT = 0.08  # std of the centre shift, as a fraction of the box side
@@ -153,6 +154,7 @@ class RegionSet:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         save_file(tensors, str(tmp), metadata={"key": self.key, "format_version": str(FORMAT_VERSION)})
+        honour_umask(tmp)  # safetensors writes 0600
         os.replace(tmp, path)
 
     @classmethod

@@ -11,7 +11,10 @@ open. Batches are formed per reader, then the DataLoader hands them out round-ro
 Bad data: `ShardReader` (formats/webdataset.py) skips and counts samples without an image or a
 caption, bad JSON, and the rest of a truncated or unreadable shard. Images are decoded after
 batching; one that does not decode drops out of its batch and is counted, as with files on disk.
-Each batch carries the counts since the previous one (`Batch.skipped`, `Batch.damaged_shards`).
+Each batch carries the counts since the previous one (`Batch.skipped`, `Batch.damaged_shards`) of
+the samples it consumed: a reader hands each good sample on with the skips and damaged shards it
+met just before it, through the shuffle buffer, so the counts describe the stream up to what
+training has consumed, not the shuffle buffer's read-ahead (nor a resume's read-through).
 
 Resume: the stream is a function of (seed, number of ranks, number of workers). Micro-batch g
 comes from worker slot g % workers, so a run resumed after k micro-batches rotates the slots by
@@ -41,7 +44,9 @@ from mmtlab.data.tokenizer import TextTokenizer
 
 CAPTIONS_FOR_TOKENIZER = 100_000  # a tokenizer trained for a stream sees the first this many captions
 
-Raw = tuple[str, str, bytes, str]  # url, key, image bytes, caption
+# url, key, image bytes, caption, then the samples skipped and the shards found damaged since the
+# reader's previous sample: they are counted when this one is consumed
+Raw = tuple[str, str, bytes, str, int, int]
 
 
 def shard_urls(cfg: DataConfig) -> list[str]:
@@ -121,11 +126,14 @@ class ShardStream:
         """Reader `reader`'s endless stream of undecoded samples, shuffled, one caption each."""
         rng = random.Random(f"{seed}/reader/{reader}/{readers}")
         empty_run = 0
+        skipped, damaged = stats.skipped, _damaged(stats)  # counted so far: handed on with each sample
         for url in self._shards(reader, readers, seed, rng):
             got = 0
             for s in ShardReader([url], decode=False, stats=stats):
                 got += 1
-                yield url, s["key"], s["image"], s["captions"][rng.randrange(len(s["captions"]))]
+                caption = s["captions"][rng.randrange(len(s["captions"]))]
+                yield url, s["key"], s["image"], caption, stats.skipped - skipped, _damaged(stats) - damaged
+                skipped, damaged = stats.skipped, _damaged(stats)
             empty_run = 0 if got else empty_run + 1
             if empty_run > 2 * len(self.urls):
                 raise RuntimeError(f"no readable sample in {empty_run} shards in a row: {stats.errors[:3]}")
@@ -183,16 +191,13 @@ class StreamBatches(IterableDataset):
         stats = ShardStats()
         samples = self.stream.shuffled(reader, readers, self.seed, stats)
         done_by_slot = max(0, (self.start_batch - slot + self.workers - 1) // self.workers)
-        for _ in range(done_by_slot * self.batch_size):  # resume: read, do not decode
+        for _ in range(done_by_slot * self.batch_size):  # resume: read, do not decode (counted before)
             next(samples)
-        counted_skips, counted_damage = stats.skipped, stats.shards_truncated + stats.shards_unreadable
         while True:
             raw = [next(samples) for _ in range(self.batch_size)]
-            batch = self.collate([(self._decode(img), caption, _sample_id(url, key)) for url, key, img, caption in raw])
-            damage = stats.shards_truncated + stats.shards_unreadable
-            batch.skipped += stats.skipped - counted_skips
-            batch.damaged_shards = damage - counted_damage
-            counted_skips, counted_damage = stats.skipped, damage
+            batch = self.collate([(self._decode(r[2]), r[3], _sample_id(r[0], r[1])) for r in raw])
+            batch.skipped += sum(r[4] for r in raw)  # + images that did not decode (the collator's count)
+            batch.damaged_shards = sum(r[5] for r in raw)
             yield batch
 
     def _decode(self, data: bytes) -> torch.Tensor | None:
@@ -200,6 +205,10 @@ class StreamBatches(IterableDataset):
             return load_image(io.BytesIO(data), self.stream.image_size)
         except BAD_IMAGE_ERRORS:
             return None
+
+
+def _damaged(stats: ShardStats) -> int:
+    return stats.shards_truncated + stats.shards_unreadable
 
 
 def _sample_id(url: str, key: str) -> int:

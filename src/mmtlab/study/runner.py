@@ -16,7 +16,17 @@ from rich.console import Console
 
 from mmtlab.io import atomic_write_json, atomic_write_text
 from mmtlab.progress import stderr
-from mmtlab.study.spec import Cell, StudySpec, cell_config, expand, load_study, pretrain_configs, with_pretrained
+from mmtlab.study.spec import (
+    Cell,
+    StudySpec,
+    cell_config,
+    check_calls,
+    check_run_dirs,
+    expand,
+    load_study,
+    pretrain_configs,
+    with_pretrained,
+)
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (n - 1); 1.96 beyond 30.
 T95 = [
@@ -77,7 +87,6 @@ def run_study(
     path: str | Path, out: str | Path | None = None, *, dry_run: bool = False, console: Console | None = None
 ) -> Path:
     from mmtlab.data.emoji_scenes import build_emoji_scenes
-    from mmtlab.eval.validation import Validation
     from mmtlab.evaluate import EVALS
     from mmtlab.rundir import checkpoint_step, latest_checkpoint
     from mmtlab.train.loop import train
@@ -86,11 +95,9 @@ def run_study(
     spec, base = load_study(path)
     out = Path(out) if out else Path("runs") / "studies" / spec.name
     cells = expand(spec)
-    unknown = [e for e in spec.evals if e not in EVALS]
-    if unknown:
-        from mmtlab.config import ConfigError
-
-        raise ConfigError(f"{path}: evals {unknown} unknown; available: {', '.join(EVALS)}")
+    # Everything is checked before anything is written: run directories, evaluations, data builds.
+    check_run_dirs(spec, cells, out, Path(path))
+    check_calls(spec, Path(path))
     # Validate every run's config before spending hours on the first ones.
     pretrain = pretrain_configs(spec, Path(path))
     pretrained = {name: out / "pretrain" / name for name in pretrain}
@@ -111,9 +118,7 @@ def run_study(
         ckpt = latest_checkpoint(pretrained[name])
         if ckpt is None or checkpoint_step(ckpt) < cfg.train.steps:
             console.rule(f"pretraining {name}")
-            if train(
-                cfg, pretrained[name], resume=ckpt is not None, console=console, validate=Validation()
-            ).interrupted:
+            if _train(train, cfg, pretrained[name], ckpt is not None, console).interrupted:
                 raise StudyStopped(f"SIGTERM: stopped during {pretrained[name]} (checkpointed); rerun the study")
     for i, ((cell, seed), cfg) in enumerate(configs.items(), 1):
         run_dir = run_dir_of(out, cell, seed)
@@ -127,10 +132,7 @@ def run_study(
         console.rule(f"[{i}/{total}] {cell.name}, seed {seed}" + (f": evaluating {', '.join(todo)}" if metrics else ""))
         ckpt = latest_checkpoint(run_dir)
         unfinished = ckpt is None or checkpoint_step(ckpt) < cfg.train.steps
-        if (
-            unfinished
-            and train(cfg, run_dir, resume=ckpt is not None, console=console, validate=Validation()).interrupted
-        ):
+        if unfinished and _train(train, cfg, run_dir, ckpt is not None, console).interrupted:
             raise StudyStopped(f"SIGTERM: stopped during {run_dir} (checkpointed); rerun the study to continue")
         for name in todo:
             params = {k: with_pretrained(v, pretrained) for k, v in spec.evals[name].items()}
@@ -138,6 +140,16 @@ def run_study(
         atomic_write_json(done, {"cell": dict(cell.labels), "seed": seed, "metrics": metrics})
     aggregate(out, spec, cells, console)
     return out
+
+
+def _train(train, cfg, run_dir: Path, resume: bool, console: Console):
+    from mmtlab.eval.validation import Validation
+
+    try:
+        return train(cfg, run_dir, resume=resume, console=console, validate=Validation())
+    except KeyboardInterrupt:  # Ctrl-C: the run is checkpointed (train/signals.py)
+        console.print("Ctrl-C: the study stopped; rerun it to continue (finished runs are kept)")
+        raise
 
 
 def metric_value(metrics: dict, name: str) -> float | None:

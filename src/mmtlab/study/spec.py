@@ -63,9 +63,20 @@ class StudySpec(Strict):
 
     @model_validator(mode="after")
     def _check(self):
+        if not _is_plain_name(self.name):
+            raise ValueError(f"name: {self.name!r} must be a plain folder name (no '/', '\\', '..' or absolute path)")
+        repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(f"seeds: {repeated} appear more than once (each seed is one run)")
         for axis, labels in self.axes.items():
             if not labels:
                 raise ValueError(f"axes.{axis}: needs at least one label")
+            for label in labels:
+                if _dir_part(label) in ("", ".", ".."):
+                    raise ValueError(f"axes.{axis}: label {label!r} cannot name a run directory")
+        for name in self.pretrain:
+            if not _is_plain_name(name) or not PRETRAIN_REF.fullmatch(f"{{pretrain.{name}}}"):
+                raise ValueError(f"pretrain: run name {name!r} must be letters, digits, '_', '.' or '-' (not . or ..)")
         for ex in self.exclude:
             for axis, label in ex.items():
                 if axis not in self.axes or label not in self.axes[axis]:
@@ -92,7 +103,82 @@ class Cell:
 
     @property
     def dirname(self) -> str:
-        return "__".join(re.sub(r"[^A-Za-z0-9_.+-]", "-", lab) for _, lab in self.labels) or "base"
+        return "__".join(_dir_part(lab) for _, lab in self.labels) or "base"
+
+
+def _dir_part(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]", "-", label)
+
+
+def _is_plain_name(name: str) -> bool:
+    """A name usable as one folder: not empty, no separator, not . or .., no NUL."""
+    return bool(name) and name.strip(".") != "" and not any(c in name for c in "/\\\0")
+
+
+def check_run_dirs(spec: StudySpec, cells: list[Cell], out: Path, study: Path) -> None:
+    """Two cells whose labels map to one run directory (`a/b` and `a-b`) would share one run and
+    one row of numbers: an error naming both. And no run directory may lie outside `out`."""
+    seen: dict[str, Cell] = {}
+    for cell in cells:
+        other = seen.setdefault(cell.dirname, cell)
+        if other is not cell:
+            raise ConfigError(
+                f"{study}: cells '{other.name}' and '{cell.name}' map to the same run directory "
+                f"runs/{cell.dirname}; rename a label"
+            )
+    root = Path(out).resolve()
+    dirs = [Path(out) / "runs" / c.dirname for c in cells] + [Path(out) / "pretrain" / n for n in spec.pretrain]
+    for d in dirs:
+        if not d.resolve().is_relative_to(root):
+            raise ConfigError(f"{study}: run directory {d} would lie outside the study folder {out}")
+
+
+def _type_error(fn, params: dict[str, Any]) -> str | None:
+    """Why `fn(**params)` would fail on a parameter's type (its annotation), or None."""
+    import typing
+
+    from pydantic import TypeAdapter
+
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an annotation that cannot be resolved here: the call itself will tell
+        return None
+    for key, value in params.items():
+        if key in hints and not (isinstance(value, str) and PRETRAIN_REF.search(value)):
+            try:
+                TypeAdapter(hints[key]).validate_python(value)
+            except ValidationError as e:
+                return f"{key}={value!r}: {e.errors()[0]['msg']}"
+    return None
+
+
+def check_calls(spec: StudySpec, study: Path) -> None:
+    """The evaluations and dataset builds a study names, with its parameters checked against the
+    functions' signatures, before any run trains (a typo must not fail after hours of training)."""
+    import inspect
+
+    from mmtlab.data.emoji_scenes import build_emoji_scenes
+    from mmtlab.evaluate import EVALS
+
+    unknown = [e for e in spec.evals if e not in EVALS]
+    if unknown:
+        raise ConfigError(f"{study}: evals {unknown} unknown; available: {', '.join(EVALS)}")
+    calls = [(f"evals.{name}", EVALS[name], ("RUN_DIR",), params) for name, params in spec.evals.items()]
+    calls += [(f"data.{d}", build_emoji_scenes, (d,), kw) for d, kw in spec.data.items()]
+    for where, fn, args, params in calls:
+        sig = inspect.signature(fn)
+        fixed = {"progress"} if where.startswith("evals.") else set()  # the study passes it itself
+        taken = sorted(fixed & set(params))
+        try:
+            if taken:
+                raise TypeError(f"{taken[0]!r} is set by the study")
+            sig.bind(*args, **params)
+        except TypeError as e:
+            allowed = [n for n in sig.parameters if n not in ("run_dir", "out_dir", *fixed)]
+            raise ConfigError(f"{study}: {where}: {e}; parameters: {', '.join(allowed)}") from None
+        bad = _type_error(fn, params)
+        if bad:
+            raise ConfigError(f"{study}: {where}: {bad}")
 
 
 def as_override(key: str, value: Any) -> str:

@@ -4,6 +4,10 @@ A checkpoint is a directory `checkpoints/step_{N:08d}` written under a temporary
 into place, so every directory with that name is complete; resume takes the highest N (reading a
 run directory's checkpoints: mmtlab/rundir.py). Nothing is
 unpickled: tensors come from safetensors and the rest from JSON.
+
+Pruning (and replacing) a checkpoint renames it to `.deleting_step_N_<pid>` before deleting it, so a
+process killed halfway through the deletion never leaves a half-deleted `step_N` that looks valid;
+`remove_partial_checkpoints` deletes what such a kill left.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mmtlab.io import atomic_write_json
+from mmtlab.io import atomic_write_json, honour_umask_tree
 from mmtlab.rundir import checkpoint_dirs, latest_checkpoint, load_model_weights, run_weights
 
 
@@ -43,12 +47,49 @@ def write_failure_message(run_dir: Path, step: int, error: BaseException) -> str
 
 
 def remove_partial_checkpoints(run_dir: Path) -> int:
-    """Delete temporary directories that a killed process left half-written; returns how many."""
+    """Delete the directories a killed process left half-written or half-deleted; returns how many."""
     root = Path(run_dir) / "checkpoints"
-    stale = list(root.glob(".tmp_step_*")) if root.is_dir() else []
+    stale = [*root.glob(".tmp_step_*"), *root.glob(".deleting_*")] if root.is_dir() else []
     for d in stale:
         shutil.rmtree(d, ignore_errors=True)
     return len(stale)
+
+
+def discard_checkpoint(ckpt: Path) -> None:
+    """Delete a checkpoint directory: first renamed out of the `step_N` namespace (atomic), then
+    removed, so an interrupted deletion leaves a `.deleting_*` directory that nothing loads."""
+    ckpt = Path(ckpt)
+    doomed = ckpt.with_name(f".deleting_{ckpt.name}_{os.getpid()}")
+    try:
+        os.replace(ckpt, doomed)
+    except FileNotFoundError:
+        return
+    except OSError:  # e.g. a leftover `doomed` from a killed deletion of the same name
+        shutil.rmtree(doomed, ignore_errors=True)
+        os.replace(ckpt, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _loss_was_finite(ckpt: Path) -> bool:
+    try:
+        return json.loads((ckpt / "state.json").read_text()).get("loss_finite", True) is not False
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def last_finite_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint whose step had a finite loss. Every checkpoint holds finite weights
+    (train/divergence.py never saves others); under `train.on_nonfinite: skip` one saved at a
+    skipped step is marked `"loss_finite": false` in its state.json."""
+    return next((d for d in reversed(checkpoint_dirs(run_dir)) if _loss_was_finite(d)), None)
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` checkpoints, and the last one whose loss was finite."""
+    keep_too = last_finite_checkpoint(run_dir)
+    for old in checkpoint_dirs(run_dir)[:-keep]:
+        if old != keep_too:
+            discard_checkpoint(old)
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -86,16 +127,16 @@ def save_checkpoint(
             save_file(tensors, tmp / "optimizer.safetensors")
             meta["optimizer"] = opt_meta
         atomic_write_json(tmp / "state.json", meta)
+        honour_umask_tree(tmp)  # safetensors writes 0600; a shared run must be readable as the umask says
         if final.exists():
-            shutil.rmtree(final)
+            discard_checkpoint(final)
         os.replace(tmp, final)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, WRITE_ERRORS):  # full disk, quota, permissions: say so, and what is still safe
             raise CheckpointError(write_failure_message(run_dir, step, e)) from e
         raise
-    for old in checkpoint_dirs(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(run_dir, keep)
     return final
 
 

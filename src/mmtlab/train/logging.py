@@ -1,8 +1,12 @@
-"""Run logging: metrics.jsonl (one JSON object per line) and TensorBoard events."""
+"""Run logging: metrics.jsonl (one JSON object per line) and TensorBoard events.
+
+metrics.jsonl is strict JSON (RFC 8259, which has no NaN or Infinity): a non-finite number, such as
+the loss of a diverged step, is written as null. TensorBoard still gets the number itself."""
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +33,7 @@ class MetricsLog:
 
     def log(self, step: int, **metrics: Any) -> None:
         record = {"step": step, "time": round(time.time(), 3), **metrics}
-        self.file.write(json.dumps(record) + "\n")
+        self.file.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
         if self.tb is not None:
             for k, v in metrics.items():
                 if isinstance(v, int | float):
@@ -39,6 +43,17 @@ class MetricsLog:
         self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every NaN / Infinity float (in dicts, lists and tuples) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def _step_of(line: str, default: int) -> int:

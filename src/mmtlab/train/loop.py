@@ -8,7 +8,7 @@ batches, masks and dropout of an uninterrupted one, given the restored weights a
 Under torchrun every process runs `train` with the same arguments (train/distributed.py): each
 takes batch_size / N pairs of every global batch, rank 0 writes the tokenizer, config, metrics and
 progress, checkpoints are sharded (train/sharded_checkpoint.py) and resume on any world size.
-SIGTERM ends the run at the next step boundary with a checkpoint.
+SIGTERM and Ctrl-C end the run at the next step boundary with a checkpoint.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from mmtlab.train.blocks import apply_block_options
 from mmtlab.train.checkpoint import init_from, load_checkpoint, remove_partial_checkpoints, save_checkpoint
 from mmtlab.train.distributed import DataParallel, parallelize
 from mmtlab.train.distributed import setup as setup_distributed
+from mmtlab.train.divergence import NonFiniteGuard
+from mmtlab.train.lock import run_dir_lock
 from mmtlab.train.logging import MetricsLog
 from mmtlab.train.optim import build_optimizer, lr_at, set_lr
 from mmtlab.train.signals import StopOnSignal
@@ -104,7 +106,8 @@ def train(
     if cfg.train.eval_every and validate is None and dp.is_main:
         console.print("train.eval_every is set, but no validation callback was given: validation is skipped")
     try:
-        result = _train(cfg, Path(run_dir), dp, resume, stop_after, console, progress and dp.is_main, validate)
+        with run_dir_lock(run_dir, dp, error=RunDirError):  # a second launch into this --out fails at once
+            result = _train(cfg, Path(run_dir), dp, resume, stop_after, console, progress and dp.is_main, validate)
     except BaseException:
         dp.close(barrier=False)  # other ranks may be gone: waiting for them could hang
         raise
@@ -195,6 +198,13 @@ def _train(
         pairs, cfg, tok, start_sample=start * per_step, rank=dp.rank, world=dp.world, resume_state=ckpt_meta
     )
     log = MetricsLog(run_dir, resume_step=start if resume else None) if dp.is_main else _NoLog()
+    guard = NonFiniteGuard(
+        tcfg.on_nonfinite,
+        run_dir,
+        agree=dp.any,
+        skipped=ckpt_meta.get("nonfinite_steps", 0),
+        log=log,
+    )
     if start == 0:
         extra = {"processes": dp.world, "data_parallel": tcfg.data_parallel} if dp.distributed else {}
         size = {"train_pairs": len(pairs)} if hasattr(pairs, "__len__") else {}
@@ -207,6 +217,7 @@ def _train(
         torch.autocast(device.type, dtype=torch.bfloat16) if tcfg.precision == "bf16" else contextlib.nullcontext()
     )
     skipped, seen, loss_value, val, stopped = 0, 0, float("nan"), None, False
+    damaged = 0  # streamed data: truncated or unreadable shards met before the samples consumed
     # a stream's position is only meaningful for the same readers (data/stream.py)
     streamed = cfg.data.format == "webdataset"
     stream_state = {"stream": {"world": dp.world, "workers": cfg.data.num_workers}} if streamed else {}
@@ -223,6 +234,7 @@ def _train(
             for micro in range(tcfg.grad_accum):
                 batch = next(batches).to(device)
                 skipped += batch.skipped
+                damaged += getattr(batch, "damaged_shards", 0)
                 seen += len(batch)
                 seed = step_seed(cfg.seed, step, micro, dp.rank)
                 torch.manual_seed(seed)
@@ -236,8 +248,9 @@ def _train(
                     parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / tcfg.grad_accum
             par.end_backward()
             grad_norm = par.clip_grad_norm_(tcfg.grad_clip) if tcfg.grad_clip else None
-            optimizer.step()
-            objectives.after_optimizer_step(model, step + 1)  # e.g. data2vec's EMA teacher update
+            if guard.check(step + 1, loss_sum, grad_norm, model.parameters()) == "ok":  # or skip, or stop
+                optimizer.step()
+                objectives.after_optimizer_step(model, step + 1)  # e.g. data2vec's EMA teacher update
             optimizer.zero_grad(set_to_none=True)
             loss_value = loss_sum
             done = step + 1
@@ -257,11 +270,14 @@ def _train(
                     metrics["grad_norm"] = float(grad_norm)
                 if model.contrastive is not None:
                     metrics["logit_scale"] = float(model.contrastive.scale().detach())
-                log.log(done, **metrics, pairs_per_s=rate, skipped_images=skipped_all)
+                if streamed:  # all ranks' count (README: metrics.jsonl has skipped_images and damaged_shards)
+                    metrics["damaged_shards"] = int(dp.sum([damaged])[0])
+                log.log(done, **metrics, pairs_per_s=rate, skipped_images=skipped_all, **guard.metrics())
             if bar:
                 bar.update(task, completed=done, info=f"loss {loss_value:.3f} | {rate:,.0f} pairs/s")
             if done % tcfg.checkpoint_every == 0 or done == end or stopped:
-                state = {"samples": done * per_step, **stream_state}
+                guard.check_weights(done, model)  # a checkpoint of non-finite weights is never written
+                state = {"samples": done * per_step, **stream_state, **guard.state()}
                 if dp.distributed:
                     from mmtlab.train.sharded_checkpoint import save_sharded_checkpoint
 
@@ -269,9 +285,13 @@ def _train(
                 else:
                     save_checkpoint(run_dir, done, model, optimizer, state, keep=tcfg.keep_checkpoints)
             if stopped:
-                log.log(done, event="stopped", reason="SIGTERM")
+                why = stop.reason or "SIGTERM"  # a rank that did not get the signal stops with the others
+                log.log(done, event="stopped", reason=why)
                 if dp.is_main:
-                    console.print(f"SIGTERM: stopped after step {done} with a checkpoint; continue with --resume")
+                    console.print(
+                        f"{why}: stopped after step {done} with a checkpoint; "
+                        f"continue with `mmtlab train --resume --out {run_dir}`"
+                    )
                 end = done
                 break
             if validate is not None and (done % tcfg.eval_every == 0 or done == total):
@@ -279,6 +299,8 @@ def _train(
                 log.log(done, **{f"val/{k}": v for k, v in val.items() if isinstance(v, int | float)})
                 model.train()
     log.close()
+    if stopped and stop.interrupted:  # Ctrl-C, checkpointed above: the caller sees KeyboardInterrupt (CLI: exit 130)
+        raise KeyboardInterrupt
     elapsed = time.perf_counter() - t0
     if dp.distributed:  # the run's figures, not this rank's
         seen, skipped = (int(v) for v in dp.sum([seen, skipped]))

@@ -33,8 +33,14 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from mmtlab.io import atomic_write_json
-from mmtlab.train.checkpoint import WRITE_ERRORS, CheckpointError, checkpoint_dirs, write_failure_message
+from mmtlab.io import atomic_write_json, honour_umask_tree
+from mmtlab.train.checkpoint import (
+    WRITE_ERRORS,
+    CheckpointError,
+    discard_checkpoint,
+    prune_checkpoints,
+    write_failure_message,
+)
 from mmtlab.train.distributed import DataParallel
 
 
@@ -79,11 +85,11 @@ def save_sharded_checkpoint(
         cause = error if error is not None else OSError("another rank could not write its shards")
         raise CheckpointError(write_failure_message(run_dir, step, cause)) from error
     if dp.is_main:
+        honour_umask_tree(tmp)  # every rank's files: safetensors writes them 0600
         if final.exists():
-            shutil.rmtree(final)
+            discard_checkpoint(final)
         os.replace(tmp, final)
-        for old in checkpoint_dirs(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(run_dir, keep)  # renamed away before deletion: a kill leaves no half step_N
     dp.barrier()
     return final
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ...io import atomic_replace_dir, atomic_write_json
+from ...io import atomic_replace_dir, atomic_write_json, honour_umask
 from ..formats import flickr30k_entities
 from ..formats.karpathy import write_karpathy
 from ..formats.webdataset import ShardWriter
@@ -118,6 +118,7 @@ def build_emoji_scenes(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_dirs(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
+    honour_umask(tmp, directory=True)  # mkdtemp's 0700 would make the dataset owner-only
     started = time.perf_counter()
     try:
         counts = _write_dataset(
