@@ -52,3 +52,21 @@ def tiny_run_config(data_root, **train):
         },
         "eval": {"batch_size": 32},
     }
+
+
+def cli_error(monkeypatch, capsys, *args):
+    """Run `mmtlab ARGS` through cli.main; return (exit code, the error lines it printed last).
+    (What came before, e.g. "resuming ..." and the progress bar, is not the error.)"""
+    import sys
+
+    from mmtlab.cli import main
+
+    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps at the terminal width: one logical line
+    monkeypatch.setattr(sys, "argv", ["mmtlab", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    first = max(i for i, line in enumerate(lines) if line.startswith("error:"))
+    return exit_.value.code, "\n".join(lines[first:])

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import tiny_run_config
+from conftest import cli_error, tiny_run_config
 from safetensors.torch import load_file
 
 from mmtlab.config import load_config
@@ -20,22 +20,6 @@ from mmtlab.train import checkpoint as ckpt_mod
 from mmtlab.train.checkpoint import checkpoint_dirs, latest_checkpoint, remove_partial_checkpoints, save_checkpoint
 from mmtlab.train.divergence import DivergedError, NonFiniteGuard
 from mmtlab.train.loop import RunDirError, train
-
-
-def cli_error(monkeypatch, capsys, *args):
-    """Run `mmtlab ARGS` through cli.main; return (exit code, the error lines it printed last).
-    (What came before, e.g. "resuming ..." and the progress bar, is not the error.)"""
-    from mmtlab.cli import main
-
-    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps at the terminal width: one logical line
-    monkeypatch.setattr(sys, "argv", ["mmtlab", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    first = max(i for i, line in enumerate(lines) if line.startswith("error:"))
-    return exit_.value.code, "\n".join(lines[first:])
 
 
 def strict_lines(path):

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -51,16 +52,48 @@ def run_weights(source: str | Path, field: str) -> tuple[Path, dict[str, torch.T
     checkpoint; `field` names the config field in the error when there is none."""
     source = Path(source)
     ckpt = latest_checkpoint(source) if (source / "checkpoints").is_dir() else source
+    if not source.exists():
+        raise FileNotFoundError(f"{field}: {source} does not exist (a run directory or a checkpoint directory)")
     if ckpt is None or not (ckpt / "model.safetensors").exists():
         raise FileNotFoundError(f"{field}: no checkpoint in {source}")
-    return ckpt, load_file(ckpt / "model.safetensors")
+    return ckpt, read_weights(ckpt / "model.safetensors")
+
+
+class RunFileError(ValueError):
+    """A file of a run directory is missing, truncated or does not fit the model: one line naming it."""
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, or a RunFileError naming the file (empty, truncated, not
+    safetensors)."""
+    path = Path(path)
+    try:
+        return load_file(path)
+    except FileNotFoundError:
+        raise RunFileError(f"{path}: missing") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise RunFileError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())[:200]})") from None
 
 
 def load_model_weights(ckpt: Path, model: nn.Module, strict: bool = True) -> None:
-    weights = load_file(Path(ckpt) / "model.safetensors")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    """A checkpoint's weights into `model`: names and shapes must match, and every value must be
+    finite (NaN weights would evaluate silently to chance)."""
+    weights = read_weights(Path(ckpt) / "model.safetensors")
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
     if strict and (missing or unexpected):
-        raise ValueError(
-            f"{ckpt}: checkpoint does not match the model (missing {list(missing)[:5]}, "
-            f"unexpected {list(unexpected)[:5]})"
+        raise RunFileError(
+            f"{ckpt}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
+    shapes = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in weights.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if shapes:
+        raise RunFileError(f"{ckpt}: tensors of other shapes than the model's: {'; '.join(shapes[:3])}")
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise RunFileError(f"{ckpt}: non-finite (NaN/inf) values in {bad[:3]}; the run diverged before this checkpoint")
+    model.load_state_dict(weights, strict=False)

@@ -9,6 +9,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mmtlab.config import ConfigError
 
@@ -38,13 +39,16 @@ from mmtlab.cli import data, evaluate, run  # noqa: E402,F401
 def main() -> None:
     from mmtlab.data.sources import DatasetNotFound
     from mmtlab.eval.runs import EvalError
+    from mmtlab.rundir import RunFileError
     from mmtlab.train.checkpoint import CheckpointError
     from mmtlab.train.loop import RunDirError
 
+    errors = (UserError, ConfigError, DatasetNotFound, RunDirError, EvalError, FileNotFoundError, CheckpointError)
     try:
         app()
-    except (UserError, ConfigError, DatasetNotFound, RunDirError, EvalError, FileNotFoundError, CheckpointError) as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
+    except (*errors, RunFileError) as e:
+        # escape: a message's [brackets] are text, not markup; soft_wrap: one line however long
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(2)
 
 

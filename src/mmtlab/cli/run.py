@@ -21,6 +21,9 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a field: --set train.lr=3e-4")] = None,
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/<config name>)")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="check the config, the files it names and (with --resume) the run, then exit")
+    ] = False,
 ):
     """Train a model from a run config. Writes config.yaml, tokenizer.json, checkpoints/, metrics.jsonl.
 
@@ -39,6 +42,16 @@ def train(
     else:
         cfg = load_config(out / "config.yaml", set_ or [])
     run_dir = out or Path("runs") / config.stem
+    if dry_run:
+        from mmtlab.train.preflight import preflight
+
+        cfg = preflight(cfg, run_dir, resume)
+        m = cfg.model
+        console.print(
+            f"config OK: {m.arch} ({m.layout}), objectives {', '.join(cfg.objectives)}, {cfg.train.steps} steps "
+            f"of {cfg.train.batch_size} -> {run_dir} (nothing written)"
+        )
+        return
     result = run_training(cfg, run_dir, resume=resume, validate=Validation())
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for the run
         return

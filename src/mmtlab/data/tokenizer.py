@@ -17,6 +17,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from torch import Tensor
 
+from mmtlab.io import atomic_write_text
+from mmtlab.rundir import RunFileError
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 END_OF_TEXT = "<|endoftext|>"  # GPT-2's only special token
 
@@ -75,7 +78,8 @@ class TextTokenizer:
         return self.tok.decode(ids, skip_special_tokens=True)
 
     def save(self, path: str | Path) -> None:
-        self.tok.save(str(path))
+        """Written atomically: a full disk leaves the old file or none, never a truncated one."""
+        atomic_write_text(path, self.tok.to_str(pretty=True))
 
 
 def _learn_pieces(word_counts: dict[str, int], budget: int) -> list[str]:
@@ -160,5 +164,5 @@ def load_tokenizer(path: str | Path, max_len: int = 32) -> TextTokenizer:
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
-        raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from None
+        raise RunFileError(f"{path}: not a valid tokenizer.json ({' '.join(str(e).split())[:200]})") from None
     return TextTokenizer(tok, max_len)

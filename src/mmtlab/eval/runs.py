@@ -96,9 +96,13 @@ def eval_retrieval(
         raise EvalError(f"{run_dir}: rerank needs a shortlist; the model has no contrastive head: pass --shortlist RUN")
     if k < 1:
         raise EvalError(f"--k must be >= 1, got {k}")
+    at_least_one(max_images=max_images)
     if image_size is not None:
         if cfg.model.image.input == "regions":
             raise EvalError("--image-size applies to pixel inputs; this model reads detector regions")
+        patch = cfg.model.image.patch
+        if image_size < patch or image_size % patch or image_size > 8192:
+            raise EvalError(f"--image-size must be a multiple of the {patch}-px patch, at most 8192; got {image_size}")
         model.cfg.image.size = cfg.model.image.size = image_size
     records = load_split(cfg.data, split)
     source = image_source(cfg, records, progress)
@@ -155,6 +159,13 @@ def eval_mlm(run_dir: Path, split: str = "test", data: Path | None = None, progr
     return result
 
 
+def at_least_one(**counts: int | None) -> None:
+    """Counts the user gives (--max-images, --max-questions, ...) are None or >= 1."""
+    for name, n in counts.items():
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise EvalError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {n!r}")
+
+
 def require_eval(cfg, name: str, run_dir: Path) -> None:
     """`mmtlab eval NAME` applies to the run's family (its registry entry's `evals`), or an EvalError
     that says which families it does apply to and how this one is evaluated."""
@@ -177,6 +188,7 @@ def eval_caption(
     progress: bool = True,
 ) -> dict:
     """Caption the split's images; BLEU-4 and CIDEr against their reference captions."""
+    at_least_one(max_images=max_images, num_beams=num_beams)
 
     run_dir = Path(run_dir)
     model, cfg = load_run(run_dir, data)
@@ -218,6 +230,7 @@ def eval_fewshot(
     eval/fewshot.json and eval/fewshot.png (score vs shots), with the held-out document loss with
     own / shuffled / no images (`image_worth`). `blind`: the control without vision,
     every tanh gate closed (the frozen LM with the trained <image> embedding) -> fewshot_blind.*"""
+    at_least_one(max_items=max_items, num_beams=num_beams)
 
     run_dir = Path(run_dir)
     model, cfg = load_run(run_dir, data)
@@ -252,6 +265,7 @@ def eval_vqa(
     """Generative VQA accuracy by question type -> RUN_DIR/eval/vqa.json. `model_dir`: evaluate
     another run's model in its place (the VQA fine-tune of RUN_DIR, train/finetune.py); `info` is
     recorded in the result."""
+    at_least_one(max_questions=max_questions)
 
     run_dir = Path(run_dir)
     model, cfg = load_run(run_dir, data)
@@ -280,6 +294,7 @@ def eval_probe(
 ) -> dict:
     """Linear probes of the frozen encoders (image: largest sprite and its category, text: caption
     style, speech: keyword), each also on the same architecture at random init."""
+    at_least_one(n_train=n_train, n_test=n_test)
 
     run_dir = Path(run_dir)
     model, cfg = load_run(run_dir, data)

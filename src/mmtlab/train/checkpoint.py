@@ -12,6 +12,7 @@ process killed halfway through the deletion never leaves a half-deleted `step_N`
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmtlab.io import atomic_write_json, honour_umask_tree
-from mmtlab.rundir import checkpoint_dirs, latest_checkpoint, load_model_weights, run_weights
+from mmtlab.rundir import RunFileError, checkpoint_dirs, latest_checkpoint, load_model_weights, run_weights
 
 
 class CheckpointError(RuntimeError):
@@ -36,12 +37,21 @@ class CheckpointError(RuntimeError):
 WRITE_ERRORS = (OSError, SafetensorError)
 
 
-def write_failure_message(run_dir: Path, step: int, error: BaseException) -> str:
+# errno values of a full or read-only disk: reported in one line with what is still safe
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO)
+
+
+def write_failure_message(run_dir: Path, step: int | None, error: BaseException) -> str:
     last = latest_checkpoint(run_dir)
     reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
     kept = f"the last complete checkpoint, {last}, is intact" if last else "no earlier checkpoint exists"
+    what = (
+        f"the checkpoint of step {step} in {Path(run_dir) / 'checkpoints'}"
+        if step is not None
+        else "to " + str(getattr(error, "filename", None) or run_dir)
+    )
     return (
-        f"could not write the checkpoint of step {step} in {Path(run_dir) / 'checkpoints'}: {reason}. "
+        f"could not write {what}: {reason}. "
         f"Training stopped; {kept}. Free space, then continue with `mmtlab train --resume --out {run_dir}`."
     )
 
@@ -180,9 +190,9 @@ def init_from(source: str | Path, model: nn.Module) -> int:
         if k in own and v.shape != own[k].shape
     ]
     if bad:
-        raise ValueError(f"train.init_from: {ckpt} has tensors of other shapes: {'; '.join(bad[:5])}")
+        raise RunFileError(f"train.init_from: {ckpt} has tensors of other shapes: {'; '.join(bad[:5])}")
     matched = {k: v for k, v in weights.items() if k in own}
     if not matched:
-        raise ValueError(f"train.init_from: no tensor of {ckpt} matches this model")
+        raise RunFileError(f"train.init_from: no tensor of {ckpt} matches this model")
     model.load_state_dict(matched, strict=False)
     return len(matched)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from safetensors import SafetensorError
 
 from mmtlab.config import ConfigError, RunConfig, dump_config, resolve
 from mmtlab.data.loader import region_features, training_batches, training_dataset
@@ -30,15 +31,24 @@ from mmtlab.io import atomic_write_text
 from mmtlab.models import build_model
 from mmtlab.objectives import build_objectives
 from mmtlab.progress import stderr, training_progress
-from mmtlab.rundir import latest_checkpoint
+from mmtlab.rundir import RunFileError, checkpoint_dirs, latest_checkpoint
 from mmtlab.train.blocks import apply_block_options
-from mmtlab.train.checkpoint import init_from, load_checkpoint, remove_partial_checkpoints, save_checkpoint
+from mmtlab.train.checkpoint import (
+    DISK_ERRORS,
+    CheckpointError,
+    init_from,
+    load_checkpoint,
+    remove_partial_checkpoints,
+    save_checkpoint,
+    write_failure_message,
+)
 from mmtlab.train.distributed import DataParallel, parallelize
 from mmtlab.train.distributed import setup as setup_distributed
 from mmtlab.train.divergence import NonFiniteGuard
 from mmtlab.train.lock import run_dir_lock
 from mmtlab.train.logging import MetricsLog
 from mmtlab.train.optim import build_optimizer, lr_at, set_lr
+from mmtlab.train.preflight import preflight
 from mmtlab.train.signals import StopOnSignal
 
 
@@ -66,15 +76,19 @@ def step_seed(seed: int, step: int, micro: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + step * 1_009 + micro + rank * 0x9E3779B97F4A7C15) % (2**63 - 1)
 
 
-def prepare_tokenizer(cfg: RunConfig, run_dir: Path, captions) -> TextTokenizer:
+def prepare_tokenizer(cfg: RunConfig, run_dir: Path, captions, reuse: bool = True) -> TextTokenizer:
+    """The run's tokenizer: its own when resuming (`reuse`); else the configured file, the one of
+    the run it is initialised from, or WordPiece trained on the captions. A tokenizer.json left by
+    an attempt that failed before its first checkpoint is replaced, not reused."""
     saved = run_dir / "tokenizer.json"
-    if saved.exists():
+    if reuse and saved.exists():
         return load_tokenizer(saved, cfg.model.text.max_len)
     if cfg.tokenizer.path:
         tok = load_tokenizer(cfg.tokenizer.path, cfg.model.text.max_len)
     elif cfg.train.init_from:  # a run initialised from another one must share its vocabulary
         src = Path(cfg.train.init_from)
-        tok = load_tokenizer(src if (src / "tokenizer.json").exists() else src.parent.parent, cfg.model.text.max_len)
+        run = src.parent.parent if (src / "model.safetensors").is_file() else src  # a checkpoint dir, or a run
+        tok = load_tokenizer(run / "tokenizer.json", cfg.model.text.max_len)
     else:
         tok = TextTokenizer(train_wordpiece(captions, cfg.tokenizer.vocab_size), cfg.model.text.max_len)
     tok.save(saved)
@@ -105,9 +119,16 @@ def train(
     console = console or stderr
     if cfg.train.eval_every and validate is None and dp.is_main:
         console.print("train.eval_every is set, but no validation callback was given: validation is skipped")
+    run_dir = Path(run_dir)
     try:
+        cfg = preflight(cfg, run_dir, resume)  # every check that can fail before anything is written
         with run_dir_lock(run_dir, dp, error=RunDirError):  # a second launch into this --out fails at once
-            result = _train(cfg, Path(run_dir), dp, resume, stop_after, console, progress and dp.is_main, validate)
+            result = _train(cfg, run_dir, dp, resume, stop_after, console, progress and dp.is_main, validate)
+    except OSError as e:
+        dp.close(barrier=False)
+        if e.errno in DISK_ERRORS:  # a full disk outside a checkpoint write: one line, what is safe
+            raise CheckpointError(write_failure_message(run_dir, None, e)) from e
+        raise
     except BaseException:
         dp.close(barrier=False)  # other ranks may be gone: waiting for them could hang
         raise
@@ -136,10 +157,6 @@ def _train(
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None and not resume:
         raise RunDirError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
-    if resume and (run_dir / "config.yaml").exists():
-        from mmtlab.config import load_config
-
-        cfg = load_config(run_dir / "config.yaml")
     if cfg.train.batch_size % dp.world:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by the {dp.world} processes")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -153,9 +170,10 @@ def _train(
     complete = fam.hook("complete")  # a config completed from other runs (Flamingo's frozen parts)
     if complete is not None:
         cfg = complete(cfg)
+    resuming = ckpt is not None and resume
     pairs = training_dataset(cfg)
     if dp.is_main:
-        tok = prepare_tokenizer(cfg, run_dir, pairs.captions())
+        tok = prepare_tokenizer(cfg, run_dir, pairs.captions(), reuse=resuming)
     dp.barrier()
     if not dp.is_main:
         tok = load_tokenizer(run_dir / "tokenizer.json", cfg.model.text.max_len)
@@ -168,7 +186,6 @@ def _train(
     model = build_model(cfg).to(device)
     objectives = build_objectives(cfg).to(device)
     objectives.bind_data(pairs, tok)
-    resuming = ckpt is not None and resume
     load_pretrained = fam.hook("load_pretrained")  # frozen parts from other runs (Flamingo)
     if not resuming and load_pretrained is not None:
         loaded = load_pretrained(model)
@@ -186,7 +203,7 @@ def _train(
     optimizer = build_optimizer(model, cfg.train)
     start, ckpt_meta = 0, {}
     if resuming:
-        ckpt_meta = _load_checkpoint(ckpt, model, optimizer, dp)
+        ckpt_meta = _load_intact_checkpoint(run_dir, model, optimizer, dp, console)
         start = ckpt_meta["step"]
         if dp.is_main:
             console.print(f"resuming {run_dir} from step {start}")
@@ -307,6 +324,21 @@ def _train(
     return TrainResult(
         run_dir, end, loss_value, seen / max(elapsed, 1e-9), skipped, pairs.empty_captions, val, interrupted=stopped
     )
+
+
+def _load_intact_checkpoint(run_dir: Path, model, optimizer, dp: DataParallel, console) -> dict:
+    """The newest checkpoint that loads; a damaged one (truncated file, bad JSON, NaN weights) is
+    reported and the one before it is tried."""
+    candidates = list(reversed(checkpoint_dirs(run_dir)))
+    for i, ckpt in enumerate(candidates):
+        try:
+            return _load_checkpoint(ckpt, model, optimizer, dp)
+        except (RunFileError, OSError, ValueError, KeyError, SafetensorError) as e:
+            if i + 1 == len(candidates):
+                raise RunFileError(f"{ckpt}: cannot resume from it ({e}), and no earlier checkpoint loads") from None
+            if dp.is_main:
+                console.print(f"{ckpt.name} is damaged ({e}); resuming from {candidates[i + 1].name} instead")
+    raise RunFileError(f"{run_dir}: no checkpoint to resume from")
 
 
 def _load_checkpoint(ckpt: Path, model, optimizer, dp: DataParallel) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,10 @@ from typing import Any
 
 from braceexpand import braceexpand
 from PIL import Image
+
+from mmtlab.config import ConfigError
+
+MAX_SHARDS = 1_000_000
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 MAX_LOGGED_ERRORS = 50
@@ -123,12 +128,31 @@ def write_shards(
 # ------------------------------------------------------------------------------------------ reading
 
 
+def _pattern_size(pattern: str) -> int:
+    """How many names a brace pattern expands to (an upper bound for nested braces)."""
+    if "::" in pattern:
+        return pattern.count("::") + 1
+    n = 1
+    for body in re.findall(r"\{([^{}]*)\}", pattern):
+        m = re.fullmatch(r"(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?", body)
+        if m:
+            lo, hi, step = int(m.group(1)), int(m.group(2)), abs(int(m.group(3) or 1)) or 1
+            n *= abs(hi - lo) // step + 1
+        else:
+            n *= body.count(",") + 1
+    return n
+
+
 def expand_urls(urls_or_pattern: str | Path | Sequence[str | Path]) -> list[str]:
     """A brace pattern ("shards/train-{000000..000009}.tar"), a path, or a list of either."""
     items = [urls_or_pattern] if isinstance(urls_or_pattern, (str, Path)) else list(urls_or_pattern)
     out: list[str] = []
     for item in items:
         s = str(item)
+        # at most MAX_SHARDS: a typo such as {0..999999999} must not allocate a billion names
+        # (braceexpand builds its lists whole, so the size is computed from the pattern first)
+        if len(out) + _pattern_size(s) > MAX_SHARDS:
+            raise ConfigError(f"data.shards: {s!r} expands to more than {MAX_SHARDS:,} shards")
         out.extend(s.split("::") if "::" in s else braceexpand(s))
     return [u[len("file:") :] if u.startswith("file:") else u for u in out]
 
