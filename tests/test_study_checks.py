@@ -27,6 +27,14 @@ BAD = {
     "eval_param_reserved": ({"evals": {"retrieval": {"progress": False}}}, "'progress' is set by the study"),
     "data_arg_typo": ({"data": {"data/extra": {"sise": 100}}}, "data.data/extra: .*'sise'.*parameters: size"),
     "data_arg_type": ({"data": {"data/extra": {"size": "big"}}}, "data.data/extra: size='big'"),
+    "cell_bad_field": ({"axes": {"lr": {"neg": {"train.lr": -1}}}}, "lr=neg.*train.lr"),
+    "cell_bad_layout_args": (
+        {"axes": {"x": {"mixed": {"model.layout": "mixed", "model.layout_args": {"k": 9}}}}},
+        "study cell 'x=mixed': model.layout_args: mixed layout needs 0 <= k <= depth",
+    ),
+    "cell_unknown_override": ({"axes": {"x": {"a": {"train.lrr": 1}}}}, "train.lrr: unknown field"),
+    "no_seeds": ({"seeds": []}, "seeds"),
+    "metric_of_no_eval": ({"metrics": ["mlm.bits"]}, "mlm"),
 }
 
 

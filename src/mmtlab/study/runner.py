@@ -86,10 +86,12 @@ def run_dir_of(out: Path, cell: Cell, seed: int) -> Path:
 def run_study(
     path: str | Path, out: str | Path | None = None, *, dry_run: bool = False, console: Console | None = None
 ) -> Path:
+    from mmtlab.config import ConfigError
     from mmtlab.data.emoji_scenes import build_emoji_scenes
     from mmtlab.evaluate import EVALS
     from mmtlab.rundir import checkpoint_step, latest_checkpoint
     from mmtlab.train.loop import train
+    from mmtlab.train.preflight import check_layout
 
     console = console or stderr
     spec, base = load_study(path)
@@ -103,7 +105,15 @@ def run_study(
     pretrained = {name: out / "pretrain" / name for name in pretrain}
     # Seed-major: every cell's first seed runs before any cell's second, so an interrupted study
     # already has the whole grid at one seed (and each later seed narrows every interval at once).
-    configs = {(c, s): cell_config(spec, base, c, s, pretrained) for s in spec.seeds for c in cells}
+    try:
+        configs = {(c, s): cell_config(spec, base, c, s, pretrained) for s in spec.seeds for c in cells}
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    for (cell, _), cfg in [*configs.items(), *(((None, name), cfg) for name, cfg in pretrain.items())]:
+        try:
+            check_layout(cfg)  # layout arguments fail only when the model is built: check them now
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {'pretrain' if cell is None else f'study cell {cell.name!r}'}: {e}") from None
     total = len(configs)
     console.print(f"study [bold]{spec.name}[/]: {len(cells)} cells x {len(spec.seeds)} seeds = {total} runs -> {out}")
     if dry_run:
