@@ -27,6 +27,7 @@ def eval_vqa(
 ) -> dict:
     """Generative VQA accuracy by question type. With `finetune_steps`, the run is first fine-tuned
     on VQA questions of its training split (into RUN_DIR/vqa), and that model is evaluated."""
+    runs.at_least_one(finetune_steps=finetune_steps)
     tuned = None
     if finetune_steps:
         runs.require_eval(runs.load_run(Path(run_dir))[1], "vqa", Path(run_dir))  # before training, not after

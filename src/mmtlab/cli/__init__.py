@@ -48,7 +48,9 @@ def main() -> None:
         app()
     except (*errors, RunFileError) as e:
         # escape: a message's [brackets] are text, not markup; soft_wrap: one line however long
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        Console(stderr=True, soft_wrap=True, emoji=False).print(
+            f"[bold red]error:[/] {escape(str(e))}", highlight=False
+        )
         sys.exit(2)
 
 

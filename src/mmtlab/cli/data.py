@@ -41,16 +41,21 @@ def data_build(
         raise UserError(f"unknown dataset {name!r}; available: emoji-scenes")
     from mmtlab.data.emoji_scenes import build_emoji_scenes
 
-    summary = build_emoji_scenes(
-        out,
-        size=size,
-        seed=seed,
-        image_size=image_size,
-        noise=noise,
-        pretrain_styles=_parse_styles(styles),
-        num_sprites=num_sprites,
-        eval_size=eval_size,
-    )
+    try:
+        summary = build_emoji_scenes(
+            out,
+            size=size,
+            seed=seed,
+            image_size=image_size,
+            noise=noise,
+            pretrain_styles=_parse_styles(styles),
+            num_sprites=num_sprites,
+            eval_size=eval_size,
+        )
+    except ValueError as e:  # the builder checks its arguments before writing anything
+        raise UserError(str(e).replace("pretrain_styles", "--styles")) from None
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     console.print(f"[green]emoji-scenes ready[/] in {out}: " + json.dumps(summary.get("counts", summary)))
 
 

@@ -174,7 +174,7 @@ def require_eval(cfg, name: str, run_dir: Path) -> None:
         return
     arch = cfg.model.arch
     owners = [a for a, f in FAMILIES.items() if name in f.evals]
-    own = f"; a {arch} run is evaluated with: {', '.join(fam.evals)}" if fam.evals else ""
+    own = f"; model.arch {arch} is evaluated with: {', '.join(fam.evals)}" if fam.evals else ""
     raise EvalError(f"{run_dir}: eval {name} needs a model.arch {' or '.join(owners)} run, not {arch!r}{own}")
 
 

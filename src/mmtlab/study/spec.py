@@ -30,10 +30,10 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from mmtlab.config import CONFIG_DIR, ConfigError, Strict, load_config
+from mmtlab.config.load import parse_yaml
 
 
 class PretrainRun(Strict):
@@ -189,12 +189,16 @@ def as_override(key: str, value: Any) -> str:
 def load_study(path: str | Path) -> tuple[StudySpec, Path]:
     """The study and the resolved path of its base run config."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a study file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_text(encoding="utf-8"), str(path))
     except FileNotFoundError:
         raise ConfigError(f"study file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (UTF-8) file; a study is YAML") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level (a study YAML), got {type(raw).__name__}")
     try:
         spec = StudySpec.model_validate(raw or {})
     except ValidationError as e:
