@@ -73,7 +73,7 @@ def test_flamingo_pipeline_from_the_command_line(tiny_data, tmp_path, monkeypatc
     assert not (flam["encoder.layers.0.streams.shared.cross_gate"] == 0).all()  # the gates trained
 
     out = invoke("eval", "fewshot", run, "--shots", "0,2", "--max-items", 6, "--beams", 2)
-    import mmtlab.eval.fewshot as fewshot
+    import mmtlab.eval.runs as fewshot
 
     gates = []
     evaluate = fewshot.evaluate_fewshot

@@ -38,8 +38,10 @@ def test_resume_refuses_a_different_config(run, trained, monkeypatch, capsys):
     code, err = cli_error(monkeypatch, capsys, "train", trained / "run.yaml", "--resume", "--out", run,
                           "--set", "model.width=64")  # fmt: skip
     assert code == 2 and "model.width: 64 (run: 32)" in err
-    # the run's own config (given again, or not at all) resumes
+    # the run's own config (given again, or not at all) resumes; how it runs may change
     invoke("train", trained / "run.yaml", "--resume", "--out", run, "--set", "train.steps=6")
+    invoke("train", "--resume", "--out", run, "--set", "train.threads=1", "--set", "train.log_every=2")
+    assert load_config(run / "config.yaml").train.threads == 1
 
 
 def test_resume_falls_back_past_a_damaged_checkpoint(run, monkeypatch, capsys):

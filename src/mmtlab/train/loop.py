@@ -166,10 +166,7 @@ def _train(
         torch.set_num_threads(cfg.train.threads)
     device = dp.device
 
-    fam = family_of(cfg)
-    complete = fam.hook("complete")  # a config completed from other runs (Flamingo's frozen parts)
-    if complete is not None:
-        cfg = complete(cfg)
+    fam = family_of(cfg)  # (its `complete` hook ran in preflight)
     resuming = ckpt is not None and resume
     pairs = training_dataset(cfg)
     if dp.is_main:

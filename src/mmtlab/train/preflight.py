@@ -76,7 +76,7 @@ def check_paths(cfg: RunConfig) -> None:
 def resume_config(given: RunConfig, run_dir: Path) -> RunConfig:
     """The run's own config.yaml, after checking that `given` (the CONFIG and --set of a --resume)
     is the same run: a resumed run continues its own settings, so a different one is an error,
-    never silently ignored."""
+    never silently ignored. Only HOW_TO_RUN settings (processes, threads, logging) may change."""
     stored = load_config(run_dir / "config.yaml")
     complete = family_of(given).hook("complete")
     try:
@@ -86,14 +86,31 @@ def resume_config(given: RunConfig, run_dir: Path) -> RunConfig:
     t, i = stored.model.text, stored.model.image
     ours = resolve(ours, tokenizer=t, image_features=(i.region_dim, i.region_classes) if i.region_dim else None)
     a, b = _flat(dump_config(ours)), _flat(dump_config(stored))
-    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in HOW_TO_RUN]
     if diff:
         shown = "; ".join(f"{k}: {a.get(k)!r} (run: {b.get(k)!r})" for k in diff[:4])
         raise ConfigError(
             f"--resume continues {run_dir / 'config.yaml'} as it is, and the given config differs: {shown}"
             f"{' ...' if len(diff) > 4 else ''}. Drop CONFIG/--set to resume, or train into a new --out"
         )
+    for key in HOW_TO_RUN:  # taken from the given config: they change how the run runs, not what it learns
+        section, field = key.split(".")
+        setattr(getattr(stored, section), field, getattr(getattr(given, section), field))
     return stored
+
+
+# Settings a resumed run may change: how it runs (processes, threads, memory, logging), not what it learns.
+HOW_TO_RUN = (
+    "train.data_parallel",
+    "train.threads",
+    "train.activation_checkpointing",
+    "train.compile",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "data.num_workers",
+    "eval.batch_size",
+)
 
 
 def _flat(text: str) -> dict:
@@ -117,6 +134,9 @@ def preflight(cfg: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
     --resume, the run's own)."""
     if resume and (run_dir / "config.yaml").is_file():
         cfg = resume_config(cfg, run_dir)
+    complete = family_of(cfg).hook("complete")  # a config completed from other runs (Flamingo's frozen parts)
+    if complete is not None:
+        cfg = complete(cfg)
     check_layout(cfg)
     check_paths(cfg)
     return cfg
