@@ -312,7 +312,7 @@ def test_build_is_skipped_when_identical_and_atomic(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(build_module, "_write_preview", boom)
+    monkeypatch.setattr(build_module, "write_preview", boom)
     with pytest.raises(RuntimeError):
         build_emoji_scenes(out, **{**SMALL, "seed": 1})
     assert json.loads((out / "meta.json").read_text())["params"]["seed"] == 0

@@ -116,7 +116,7 @@ def entities_root(given: Path | None, default: Path, records):
         return
     if not any(r.phrases for r in records):
         raise EvalError(f"{default} is missing and the dataset's JSON has no phrases; pass --entities DIR")
-    from mmtlab.data.emoji_scenes.build import export_flickr30k_entities
+    from mmtlab.data.emoji_scenes.export import export_flickr30k_entities
     from mmtlab.data.emoji_scenes.sprites import SpriteAtlas
     from mmtlab.data.pairs import image_size
 

@@ -28,20 +28,19 @@ import multiprocessing as mp
 import os
 import shutil
 import tempfile
-import textwrap
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from ...io import atomic_replace_dir, atomic_write_json, honour_umask
 from ..formats import flickr30k_entities
 from ..formats.karpathy import write_karpathy
 from ..formats.webdataset import ShardWriter
 from .captions import STYLES, caption_scene
+from .export import export_flickr30k_entities, write_preview
 from .scenes import generate_scene, scene_rng
 from .sprites import SpriteAtlas
 
@@ -372,33 +371,8 @@ def _write_dataset(
     eval_images = [m for m in images_meta if m["split"] in EVAL_SPLITS]
     size = (cfg.image_size, cfg.image_size)
     export_flickr30k_entities(root / flickr30k_entities.EXPORT_DIR, eval_images, atlas.categories, size)
-    _write_preview(root, atlas, cfg, [m for m in images_meta if m["split"] == "val"][:12])
+    write_preview(root, atlas, cfg.image_size, [m for m in images_meta if m["split"] == "val"][:12])
     return counts
-
-
-def export_flickr30k_entities(out_dir: Path, images, categories: list[str], size: tuple[int, int] | None = None) -> int:
-    """Write the grounding of `images` (dicts with filename, captions, phrases, boxes, labels, and
-    width/height unless every image is `size`) in Flickr30k Entities format; the phrase type is
-    the sprite's category. Returns the number of images written."""
-    n = 0
-    for img in images:
-        width, height = size or (img["width"], img["height"])
-        phrases = img.get("phrases") or [[] for _ in img["captions"]]
-        boxes, labels = img["boxes"] or [], img["labels"]
-        types = [categories[k] for k in labels] if labels else ["other"] * len(boxes)  # Flickr30k's catch-all
-        flickr30k_entities.write_image(
-            out_dir,
-            Path(img["filename"]).stem,
-            filename=img["filename"],
-            width=width,
-            height=height,
-            captions=img["captions"],
-            phrases=phrases,
-            boxes=boxes,
-            types=types,
-        )
-        n += 1
-    return n
 
 
 class _progress:
@@ -441,26 +415,3 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         if self.enabled:
             self.bar.stop()
-
-
-def _write_preview(root: Path, atlas: SpriteAtlas, cfg: _Config, entries: list[dict], cols: int = 4) -> None:
-    """A grid of val scenes, upscaled, with boxes and the first caption: a quick visual check."""
-    if not entries:
-        return
-    scale = max(1, 192 // cfg.image_size)
-    cell, text_h = cfg.image_size * scale, 64
-    rows = -(-len(entries) // cols)
-    sheet = Image.new("RGB", (cols * (cell + 8) + 8, rows * (cell + text_h + 8) + 8), "white")
-    font = ImageFont.load_default(size=11)
-    palette = [(255, 0, 255), (0, 255, 255), (255, 255, 0), (0, 255, 0)]
-    for k, e in enumerate(entries):
-        im = Image.open(root / "images" / e["filepath"] / e["filename"]).convert("RGB")
-        im = im.resize((cell, cell), Image.Resampling.NEAREST)
-        draw = ImageDraw.Draw(im)
-        for j, (x1, y1, x2, y2) in enumerate(e["boxes"]):
-            draw.rectangle((x1 * scale, y1 * scale, x2 * scale - 1, y2 * scale - 1), outline=palette[j % 4], width=2)
-        x, y = 8 + (k % cols) * (cell + 8), 8 + (k // cols) * (cell + text_h + 8)
-        sheet.paste(im, (x, y))
-        text = "\n".join(textwrap.wrap(e["captions"][0], width=cell // 6)[:5])
-        ImageDraw.Draw(sheet).multiline_text((x, y + cell + 3), text, fill="black", font=font, spacing=1)
-    sheet.save(root / "preview.png", optimize=True)
