@@ -1,22 +1,24 @@
-"""The stable Python entry points: load_config, build_model, load."""
+"""The stable Python entry points: load_config, build_model, load, load_model_and_transforms."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from mmtlab.config import RunConfig, load_config
+from mmtlab.data.pairs import ImagePreprocess
 from mmtlab.data.tokenizer import load_tokenizer
 from mmtlab.models import build_model
 from mmtlab.models.model import MultimodalTransformer
 from mmtlab.rundir import latest_checkpoint, load_model_weights
 
-__all__ = ["build_model", "load", "load_config"]
+__all__ = ["build_model", "load", "load_config", "load_model_and_transforms"]
 
 
 def load(run_dir: str | Path, *, checkpoint: str | Path | None = None, device: str = "cpu") -> MultimodalTransformer:
     """The trained model of a run directory (latest checkpoint), in eval mode.
 
-    `model.tokenizer` is the run's tokenizer and `model.run_config` its resolved config:
+    `model.tokenizer` is the run's tokenizer, `model.preprocess` the image transform it was trained
+    with (None for a model that reads detector regions) and `model.run_config` its resolved config:
     `tokens, mask = model.tokenizer(["a cat"]); model.encode_text(tokens, mask)`.
     """
     run_dir = Path(run_dir)
@@ -29,5 +31,13 @@ def load(run_dir: str | Path, *, checkpoint: str | Path | None = None, device: s
     model = build_model(cfg)
     load_model_weights(ckpt, model)
     model.tokenizer = load_tokenizer(run_dir / "tokenizer.json", cfg.model.text.max_len)
+    model.preprocess = ImagePreprocess(cfg.model.image.size) if cfg.model.image.input == "patches" else None
     model.run_config = cfg
     return model.to(device).eval()
+
+
+def load_model_and_transforms(run_dir: str | Path, **kwargs):
+    """`(model, preprocess, tokenizer)` of a trained run, as open_clip's create_model_and_transforms:
+    `preprocess(PIL image) -> [3, H, W]`, `tokenizer(list of str) -> (tokens, mask)`."""
+    model = load(run_dir, **kwargs)
+    return model, model.preprocess, model.tokenizer

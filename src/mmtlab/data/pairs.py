@@ -33,20 +33,40 @@ def centre_crop(width: int, height: int, size: int) -> tuple[tuple[int, int], tu
     return (w, h), ((w - size) // 2, (h - size) // 2)
 
 
+def fit_image(im: Image.Image, size: int) -> Tensor:
+    """A PIL image as uint8 [3, size, size]: RGB, shorter side resized to `size`, centre crop."""
+    im = im.convert("RGB")
+    (w, h), (left, top) = centre_crop(*im.size, size)
+    if (w, h) != im.size:
+        im = im.resize((w, h), Image.BICUBIC)
+    if (w, h) != (size, size):
+        im = im.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
 def load_image(path: str | Path, size: int) -> Tensor:
-    """Decode to uint8 [3, size, size]: shorter side resized to `size`, then centre crop.
+    """Decode to uint8 [3, size, size] (`fit_image`).
 
     Raises OSError / ValueError / Image.DecompressionBombError for unreadable files.
     """
     with Image.open(path) as im:
-        im = im.convert("RGB")
-        (w, h), (left, top) = centre_crop(*im.size, size)
-        if (w, h) != im.size:
-            im = im.resize((w, h), Image.BICUBIC)
-        if (w, h) != (size, size):
-            im = im.crop((left, top, left + size, top + size))
-        arr = np.asarray(im, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        return fit_image(im, size)
+
+
+class ImagePreprocess:
+    """What a model reads from a picture, exactly as training fed it: `preprocess(image)` with a
+    PIL image or a path -> float [3, size, size] in [-1, 1] (stack a batch with torch.stack)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, image: Image.Image | str | Path) -> Tensor:
+        if isinstance(image, str | Path):
+            return to_float(load_image(image, self.size))
+        return to_float(fit_image(image, self.size))
+
+    def __repr__(self) -> str:
+        return f"ImagePreprocess(size={self.size}: RGB, shorter side to {self.size}, centre crop, [-1, 1])"
 
 
 def image_size(path) -> tuple[int, int]:
