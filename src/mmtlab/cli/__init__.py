@@ -20,9 +20,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help text is text: "[path, null, ...]" must not be taken for markup
 )
-data_app = typer.Typer(help="Build datasets (the embedded emoji-scenes) in real formats.", no_args_is_help=True)
-eval_app = typer.Typer(help="Evaluate a trained run; results go to RUN_DIR/eval/*.json.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Build datasets (the embedded emoji-scenes) in real formats.", no_args_is_help=True, rich_markup_mode=None
+)
+eval_app = typer.Typer(
+    help="Evaluate a trained run; results go to RUN_DIR/eval/*.json.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 console = Console()

@@ -387,7 +387,6 @@ class _progress:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
-            Progress,
             ProgressColumn,
             TextColumn,
             TimeElapsedColumn,
@@ -395,18 +394,23 @@ class _progress:
         )
         from rich.text import Text
 
+        from ...progress import progress_bar
+
         class Rate(ProgressColumn):
             def render(self, task) -> Text:
                 return Text(f"{task.speed:,.0f} scenes/s" if task.speed else "", style="cyan")
 
-        self.bar = Progress(
-            TextColumn("emoji-scenes [bold]{task.fields[split]:<8}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            Rate(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+        self.bar = progress_bar(
+            transient=False,
+            columns=(
+                TextColumn("emoji-scenes [bold]{task.fields[split]:<8}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                Rate(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+            ),
         )
         self.bar.start()
         task = self.bar.add_task("build", total=self.total, split="")
