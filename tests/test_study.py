@@ -1,5 +1,6 @@
 import json
 import math
+import statistics
 
 import pytest
 import yaml
@@ -14,8 +15,10 @@ from mmtlab.study.runner import StudyStopped, format_mean_ci
 def test_mean_ci95_matches_t_formula():
     mean, ci = mean_ci95([1.0, 2.0, 3.0])
     assert mean == 2.0
-    assert ci == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert ci == pytest.approx(4.302653 * 1.0 / math.sqrt(3))  # t(0.975, 2 degrees of freedom)
     assert mean_ci95([5.0]) == (5.0, None)  # one seed: no interval, not a zero-width one
+    _, ci = mean_ci95([float(i) for i in range(41)])  # 40 degrees of freedom: 2.021, not 1.96
+    assert ci / (statistics.stdev(range(41)) / math.sqrt(41)) == pytest.approx(2.021075)
 
 
 def test_table_cells_keep_small_effects_visible():

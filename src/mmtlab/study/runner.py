@@ -28,40 +28,6 @@ from mmtlab.study.spec import (
     with_pretrained,
 )
 
-# Two-sided 95% Student-t quantiles by degrees of freedom (n - 1); 1.96 beyond 30.
-T95 = [
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-]
-
 
 def mean_ci95(values: list[float]) -> tuple[float, float | None]:
     """Mean and the half-width of its 95% confidence interval (t distribution); None for n = 1
@@ -70,8 +36,9 @@ def mean_ci95(values: list[float]) -> tuple[float, float | None]:
     mean = statistics.fmean(values)
     if n < 2:
         return mean, None
-    t = T95[n - 2] if n - 1 <= len(T95) else 1.96
-    return mean, t * statistics.stdev(values) / math.sqrt(n)
+    from scipy.stats import t
+
+    return mean, float(t.ppf(0.975, n - 1)) * statistics.stdev(values) / math.sqrt(n)
 
 
 class StudyStopped(Exception):
