@@ -69,3 +69,14 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     )
     assert proc.returncode == 2
     assert "mmtlab data build emoji-scenes" in proc.stderr
+
+
+def test_run_report_html_is_self_contained(tiny_data, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_run_config(tiny_data, steps=2)))
+    invoke("train", cfg, "--out", tmp_path / "run")
+    invoke("eval", "retrieval", tmp_path / "run", "--max-images", 12)
+    invoke("report", tmp_path / "run")
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 2  # training curves and retrieval examples, embedded
+    assert "<table>" in page and "<h2>Zero-shot retrieval" in page and "](" not in page

@@ -134,3 +134,18 @@ def test_sigterm_during_a_run_stops_the_study_without_marking_the_run_done(tmp_p
     monkeypatch.setattr(loop, "train", real_train)
     run_study(path, tmp_path / "out")  # rerunning continues from the checkpoint and finishes
     assert json.loads((run / "study_run.json").read_text())["seed"] == 0
+
+
+def test_study_report_clips_bounded_intervals_skips_zero_charts_and_links_runs(tmp_path):
+    rows = [
+        {"cell": {"x": "a"}, "name": "x=a", "seeds": 3, "runs": ["runs/x-a/seed_0"],
+         "metrics": {"retrieval.t2i_r1": {"mean": 1.0, "ci95": 3.0, "values": [0.0, 0.5, 2.5],
+                                          "reference": {"label": "chance", "value": 2.5}},
+                     "caption.bleu4": {"mean": 1e-62, "ci95": 0.0, "values": [1e-62, 0.0, 0.0]}}},
+    ]  # fmt: skip
+    result = {"study": "s", "axes": ["x"], "metrics": ["retrieval.t2i_r1", "caption.bleu4"], "rows": rows}
+    (tmp_path / "results.json").write_text(json.dumps(result))
+    page = write_study_report(tmp_path).read_text()
+    assert page.count('<img src="data:image/png;base64,') == 1  # bleu4 is all zero: no chart
+    assert "every value is 0" in page and 'href="runs/x-a/seed_0/"' in page
+    assert "1.0 ± 3.0" in page and 'class="scroll"' in page  # the numbers of results.md, in a scrolling box

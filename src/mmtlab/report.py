@@ -1,8 +1,12 @@
-"""A run's report: what was trained, how training went (plot), and its evaluation tables."""
+"""A run's report: what was trained, how training went (plot), and its evaluation tables, as
+report.md and as one self-contained report.html (pictures embedded) to open in a browser."""
 
 from __future__ import annotations
 
+import base64
+import html
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -24,7 +28,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_training(metrics: list[dict], out: Path) -> Path | None:
+def plot_training(metrics: list[dict], out: Path, val_images: int | None = None) -> Path | None:
     rows = [m for m in metrics if "loss" in m]
     if not rows:
         return None
@@ -51,6 +55,8 @@ def plot_training(metrics: list[dict], out: Path) -> Path | None:
             ax.plot(vs, [m["val/bits_per_token_with_image"] for m in val], marker="o", label="with image")
             ax.plot(vs, [m["val/bits_per_token_without_image"] for m in val], marker="o", label="without image")
             ax.set_ylabel("masked-token loss (bits)")
+        if val_images:
+            ax.set_title(f"validation: the first {val_images} images of the val split", fontsize=9)
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
@@ -93,7 +99,7 @@ def write_run_report(run_dir: str | Path) -> Path:
         f"empty captions {start.get('empty_captions', 0)}",
         "",
     ]
-    plot = plot_training(metrics, run_dir / "training.png")
+    plot = plot_training(metrics, run_dir / "training.png", cfg["train"].get("eval_max_images"))
     if plot:
         lines += ["## Training", "", "![training curves](training.png)", ""]
     retrieval = run_dir / "eval" / retrieval_file()
@@ -161,5 +167,61 @@ def write_run_report(run_dir: str | Path) -> Path:
             "",
         ]
     out = run_dir / "report.md"
-    atomic_write_text(out, "\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(out, text)
+    atomic_write_text(run_dir / "report.html", markdown_to_html(text, run_dir, f"mmtlab run {run_dir.name}"))
     return out
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"\*([^*]+)\*", r"<i>\1</i>", text)
+
+
+def markdown_to_html(md: str, base: Path, title: str) -> str:
+    """The report's Markdown (headings, lists, tables, images, paragraphs) as one HTML page with
+    the images embedded, so the file alone can be sent or served."""
+    out, table, items = [], [], []
+
+    def flush() -> None:
+        if items:
+            out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
+            items.clear()
+        if table:
+            rows = [
+                [c.strip() for c in r.strip().strip("|").split("|")] for r in table if not re.match(r"^\|[-:| ]+$", r)
+            ]
+            head, *body = rows
+            out.append('<div class="scroll"><table><tr>' + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body)
+                       + "</table></div>")  # fmt: skip
+            table.clear()
+
+    for line in md.splitlines():
+        image = re.match(r"^!\[([^]]*)\]\(([^)]+)\)$", line.strip())
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if line.startswith("- "):
+            items.append(line[2:])
+            continue
+        flush()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+        elif image:
+            path = base / image.group(2)
+            if path.exists():
+                data = base64.b64encode(path.read_bytes()).decode()
+                out.append(f'<p><img alt="{html.escape(image.group(1))}" src="data:image/png;base64,{data}"></p>')
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    flush()
+    style = ("body{font-family:sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}"
+             ".scroll{overflow-x:auto} table{border-collapse:collapse;font-size:14px} img{max-width:100%}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}"
+             "td:first-child,th:first-child{text-align:left} code{background:#f3f3f3;padding:0 3px}")  # fmt: skip
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")  # fmt: skip

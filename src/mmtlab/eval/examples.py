@@ -1,4 +1,5 @@
-"""A picture of what a model retrieves: for a few captions, the top-5 images, correct one framed."""
+"""A picture of what a model retrieves: for captions across the rank distribution, the top-5 images
+and the caption's own image framed."""
 
 from __future__ import annotations
 
@@ -16,27 +17,42 @@ from mmtlab.eval.retrieval import Embedded  # noqa: E402
 
 
 def plot_text_to_image(emb: Embedded, records, out: str | Path, n_queries: int = 6, k: int = 5, seed: int = 0) -> Path:
+    """Captions chosen across the distribution of their image's rank (best, median, worst ...,
+    not a random few that may all be easy), each with its top-k images and, when the caption's own
+    image is not among them, that image in a last column with its rank."""
+    scores_all = emb.texts @ emb.images.T  # [n_texts, n_images]
+    own = scores_all.gather(1, emb.text_to_image[:, None])
+    ranks_all = (scores_all >= own).sum(1)  # ties counted against the model, as in recall_at_k
     g = torch.Generator().manual_seed(seed)
-    queries = torch.randperm(len(emb.captions), generator=g)[:n_queries].tolist()
-    scores = emb.texts[queries] @ emb.images.T  # [q, n_images]
-    top = scores.topk(k, dim=1).indices
-    targets = emb.text_to_image[queries]
-    # Rank of the caption's own image, ties counted against the model as in recall_at_k.
-    ranks = (scores >= scores.gather(1, targets[:, None])).sum(1).tolist()
-    fig, axes = plt.subplots(len(queries), k, figsize=(1.9 * k + 2.6, 2.0 * len(queries)), squeeze=False)
+    order = torch.randperm(len(ranks_all), generator=g)  # random among equal ranks
+    by_rank = order[ranks_all[order].argsort(stable=True)]
+    n = min(n_queries, len(by_rank))
+    queries = [int(by_rank[round(i * (len(by_rank) - 1) / max(n - 1, 1))]) for i in range(n)]
+    scores = scores_all[queries]
+    top = scores.topk(min(k, scores.shape[1]), dim=1).indices
+    ranks = ranks_all[queries].tolist()
+    cols = top.shape[1] + 1
+    fig, axes = plt.subplots(len(queries), cols, figsize=(1.9 * cols + 2.6, 2.0 * len(queries)), squeeze=False)
     for row, (q, hits) in enumerate(zip(queries, top.tolist(), strict=True)):
         target = int(emb.text_to_image[q])
-        for col, img_i in enumerate(hits):
+        shown = hits + ([] if target in hits else [target])
+        for col in range(cols):
             ax = axes[row][col]
-            with Image.open(records[emb.record_index[img_i]].path) as im:
-                ax.imshow(im.convert("RGB"), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
+            if col >= len(shown):
+                ax.axis("off")
+                continue
+            img_i = shown[col]
+            with Image.open(records[emb.record_index[img_i]].path) as im:
+                ax.imshow(im.convert("RGB"), interpolation="nearest")
             hit = img_i == target
             for spine in ax.spines.values():
                 spine.set_edgecolor("#1a9850" if hit else "#bbbbbb")
                 spine.set_linewidth(4 if hit else 1)
-            ax.set_title(f"#{col + 1}" + (" correct" if hit else ""), fontsize=8, color="#1a9850" if hit else "black")
+            title = f"#{col + 1}" if col < len(hits) else f"its image: #{ranks[row]}"
+            ax.set_title(title + (" correct" if hit and col < len(hits) else ""), fontsize=8,
+                         color="#1a9850" if hit else "black")  # fmt: skip
         axes[row][0].set_ylabel(
             "\n".join(textwrap.wrap(emb.captions[q], 28)[:5]) + f"\n(its image ranks #{ranks[row]})",
             rotation=0,
@@ -45,7 +61,11 @@ def plot_text_to_image(emb: Embedded, records, out: str | Path, n_queries: int =
             fontsize=8,
             labelpad=8,
         )
-    fig.suptitle("Text-to-image retrieval: top-5 images per caption (green frame = the caption's image)", fontsize=10)
+    fig.suptitle(
+        f"Text-to-image retrieval: top-{k} images for captions from best to worst rank of their own image "
+        "(green frame = the caption's image; last column: it, when not in the top)",
+        fontsize=10,
+    )
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -129,6 +129,20 @@ def _train(train, cfg, run_dir: Path, resume: bool, console: Console):
         raise
 
 
+def reference_value(metrics: dict, name: str) -> dict | None:
+    """What a metric is compared with, when its evaluation reports it: chance (retrieval) or the
+    majority answer (VQA by question type) -> {"label": ..., "value": ...}."""
+    ev, key = name.split(".", 1)
+    found = metrics.get(ev, {})
+    chance = found.get("chance")
+    if isinstance(chance, dict) and isinstance(chance.get(key), int | float):
+        return {"label": "chance", "value": float(chance[key])}
+    majority = found.get("majority_answer")
+    if isinstance(majority, dict) and key.endswith("_accuracy") and key[: -len("_accuracy")] in majority:
+        return {"label": "majority answer", "value": float(majority[key[: -len("_accuracy")]])}
+    return None
+
+
 def metric_value(metrics: dict, name: str) -> float | None:
     """The metric, or None where the evaluation does not produce it for this run (e.g. no
     language-for-vision numbers for a model without a masked-region head)."""
@@ -147,12 +161,16 @@ def aggregate(out: Path, spec: StudySpec, cells: list[Cell] | None = None, conso
             f = run_dir_of(out, cell, seed) / "study_run.json"
             if f.exists():
                 per_seed.append(json.loads(f.read_text())["metrics"])
-        row = {"cell": dict(cell.labels), "name": cell.name, "seeds": len(per_seed), "metrics": {}}
+        runs = [str(run_dir_of(out, cell, s).relative_to(out)) for s in spec.seeds]
+        row = {"cell": dict(cell.labels), "name": cell.name, "seeds": len(per_seed), "runs": runs, "metrics": {}}
         for m in spec.metrics:
             values = [v for r in per_seed if (v := metric_value(r, m)) is not None]
             if values:
                 mean, ci = mean_ci95(values)
                 row["metrics"][m] = {"mean": mean, "ci95": ci, "values": values}
+                ref = reference_value(per_seed[0], m)
+                if ref is not None:
+                    row["metrics"][m]["reference"] = ref
         rows.append(row)
     result = {"study": spec.name, "axes": list(spec.axes), "metrics": spec.metrics, "rows": rows}
     atomic_write_json(out / "results.json", result)
