@@ -121,3 +121,16 @@ def test_init_from_copies_matching_weights_and_tokenizer(tiny_data, tmp_path):
     assert torch.equal(model.state_dict()["text_embed.tok.weight"], a["text_embed.tok.weight"])
     with pytest.raises(ValueError, match="other shapes"):
         init_from(base.run_dir, build_model(load_config(tmp_path / "ft" / "config.yaml", ["model.width=48"])))
+
+
+def test_wandb_logger_offline_logs_and_resumes_the_same_run(tiny_data, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = load_config(tiny_run_config(tiny_data, loggers=["tensorboard", "wandb"]))
+    train(cfg, tmp_path / "r", stop_after=3, progress=False)
+    run_id = (tmp_path / "r" / "wandb_id").read_text().strip()
+    train(cfg, tmp_path / "r", resume=True, progress=False)
+    assert (tmp_path / "r" / "wandb_id").read_text().strip() == run_id  # one W&B run across the resume
+    runs = list((tmp_path / "r" / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert runs and any(f.suffix == ".wandb" for r in runs for f in r.iterdir())

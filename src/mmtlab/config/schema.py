@@ -264,6 +264,11 @@ class TrainConfig(Strict):
     eval_max_images: int = Field(500, gt=0)
     threads: int | None = Field(None, gt=0, description="torch intra-op threads; default: all cores")
     init_from: str | None = Field(None, description="run dir or checkpoint to initialise matching weights from")
+    loggers: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="besides metrics.jsonl: TensorBoard events (RUN_DIR/tensorboard), Weights & Biases "
+        "(pip install wandb; WANDB_PROJECT, WANDB_MODE=offline)",
+    )
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop",
         description="a NaN/inf loss or gradient: stop the run (the last finite checkpoint is kept), or skip the "

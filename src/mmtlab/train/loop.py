@@ -211,7 +211,12 @@ def _train(
     batches = training_batches(
         pairs, cfg, tok, start_sample=start * per_step, rank=dp.rank, world=dp.world, resume_state=ckpt_meta
     )
-    log = MetricsLog(run_dir, resume_step=start if resume else None) if dp.is_main else _NoLog()
+    loggers = tcfg.loggers
+    log = (
+        MetricsLog(run_dir, start if resume else None, "tensorboard" in loggers, "wandb" in loggers, cfg.model_dump())
+        if dp.is_main
+        else _NoLog()
+    )
     guard = NonFiniteGuard(
         tcfg.on_nonfinite,
         run_dir,
