@@ -23,7 +23,7 @@ built the graph:
   one all-gathers): objectives choose passes by config, never by data, so they do.
 
 Contrastive losses gather embeddings with gradients (`all_gather_with_grad`: open_clip's
-gather_with_grad + local loss). Each rank's local loss uses every rank's embeddings and the
+gather_with_grad + local loss, on torch.distributed.nn's differentiable all_gather). Each rank's local loss uses every rank's embeddings and the
 backward sums the gathered gradients back to their owners, so the mean of the local losses has
 the single-process gradient of the global batch. tests/test_distributed.py checks all of this
 against one process.
@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 from torch import Tensor, nn
 
 from mmtlab.config import TrainConfig
@@ -74,7 +75,12 @@ class DataParallel:
         all_sizes = [torch.zeros_like(sizes) for _ in range(self.world)]
         dist.all_gather(all_sizes, sizes)
         counts = [int(s) for s in all_sizes]
-        return _AllGatherWithGrad.apply(x, counts), sum(counts[: self.rank])
+        # Differentiable all-gather from torch.distributed.nn: its backward sends each rank the
+        # gradients of its own rows from every rank and sums them. Rows are padded to the largest
+        # part, since the collective needs equal shapes.
+        padded = torch.cat([x, x.new_zeros((max(counts) - x.shape[0], *x.shape[1:]))])
+        parts = dist_nn.all_gather(padded)
+        return torch.cat([p[:n] for p, n in zip(parts, counts)]), sum(counts[: self.rank])
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum over ranks (for logging)."""
@@ -100,26 +106,6 @@ class DataParallel:
             if barrier:
                 dist.barrier()
             dist.destroy_process_group()
-
-
-class _AllGatherWithGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, counts: list[int]) -> Tensor:
-        rank = dist.get_rank()
-        padded = x.new_zeros((max(counts), *x.shape[1:]))
-        padded[: x.shape[0]] = x
-        parts = [torch.empty_like(padded) for _ in counts]
-        dist.all_gather(parts, padded)
-        ctx.counts, ctx.start = counts, sum(counts[:rank])
-        return torch.cat([p[:n] for p, n in zip(parts, counts)])
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        # Every rank's loss used our rows: their gradients w.r.t. them are summed. An all-reduce (not
-        # a reduce-scatter) so one code path runs on gloo and nccl; embeddings are small.
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad)
-        return grad[ctx.start : ctx.start + ctx.counts[dist.get_rank()]], None
 
 
 def setup(device: torch.device | None = None) -> DataParallel:
