@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from mmtlab.config.schema import SIGMOID_LOSSES, RunConfig, heads_for
+from mmtlab.config.objectives import SIGMOID_LOSSES, heads_for
+from mmtlab.config.schema import RunConfig
 from mmtlab.config.sections import DATA2VEC_DEFAULTS
 
 

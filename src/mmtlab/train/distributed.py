@@ -23,10 +23,10 @@ built the graph:
   one all-gathers): objectives choose passes by config, never by data, so they do.
 
 Contrastive losses gather embeddings with gradients (`all_gather_with_grad`: open_clip's
-gather_with_grad + local loss, on torch.distributed.nn's differentiable all_gather). Each rank's local loss uses every rank's embeddings and the
-backward sums the gathered gradients back to their owners, so the mean of the local losses has
-the single-process gradient of the global batch. tests/test_distributed.py checks all of this
-against one process.
+gather_with_grad + local loss, on torch.distributed.nn's differentiable all_gather). Each rank's
+local loss uses every rank's embeddings and the backward sums the gathered gradients back to their
+owners, so the mean of the local losses has the single-process gradient of the global batch.
+tests/test_distributed.py checks all of this against one process.
 """
 
 from __future__ import annotations
