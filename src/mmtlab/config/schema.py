@@ -13,49 +13,13 @@ from mmtlab.config.base import (
     MAX_ACCUM,
     MAX_BATCH,
     MAX_DEPTH,
-    MAX_PIXELS,
     MAX_SEED,
-    MAX_TOKENS,
     MAX_WIDTH,
     Strict,
 )
 from mmtlab.config.sections import Data2VecConfig, FlamingoConfig, SpeechConfig
+from mmtlab.config.towers import ImageConfig, TextConfig
 from mmtlab.families import FAMILIES, FAMILY_LAYOUTS, family
-
-
-class ImageConfig(Strict):
-    size: int = Field(64, gt=0, le=MAX_PIXELS, description="input resolution in pixels (square)")
-    patch: int = Field(8, gt=0, le=MAX_PIXELS, description="ViT patch size in pixels")
-    channels: Literal[3] = Field(3, description="RGB: images are decoded to 3 channels")
-    input: Literal["patches", "regions"] = Field(
-        "patches", description="pixels cut into ViT patches, or toy-detector regions (data.regions)"
-    )
-    region_dim: int | None = Field(None, description="region feature size; filled in from the detector")
-    region_classes: int | None = Field(None, description="detector classes; filled in from the detector")
-    cpe: bool = Field(
-        False, description="cropped positional embeddings (RO-ViT, MaMMUT): train on a random crop of the grid"
-    )
-    cpe_scale: tuple[float, float] = Field((0.1, 1.0), description="CPE: range of the crop's area fraction")
-    cpe_ratio: tuple[float, float] = Field((0.5, 2.0), description="CPE: range of the crop's aspect ratio")
-
-    @model_validator(mode="after")
-    def _cpe_ranges(self):
-        lo, hi = self.cpe_scale
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(f"image.cpe_scale must satisfy 0 < low <= high <= 1, got {self.cpe_scale}")
-        if not 0 < self.cpe_ratio[0] <= self.cpe_ratio[1]:
-            raise ValueError(f"image.cpe_ratio must satisfy 0 < low <= high, got {self.cpe_ratio}")
-        return self
-
-
-class TextConfig(Strict):
-    max_len: int = Field(32, gt=1, le=MAX_TOKENS, description="captions are truncated to this many tokens")
-    vocab_size: int | None = Field(None, description="filled in from the tokenizer")
-    pad_id: int = 0
-    cls_id: int = 2
-    sep_id: int = 3
-    mask_id: int = 4
-
 
 OutputHead = Literal["contrastive", "mlm", "mrm", "itm"]
 
@@ -82,7 +46,9 @@ class ModelConfig(Strict):
     heads: int = Field(4, gt=0, le=MAX_WIDTH, description="attention heads")
     mlp_ratio: float = Field(4.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
-    gelu: Literal["exact", "tanh"] = Field("exact", description="the MLPs' GELU: exact (erf) or tanh (GPT-2's)")
+    gelu: Literal["exact", "tanh", "quick"] = Field(
+        "exact", description="the MLPs' GELU: exact (erf), tanh (GPT-2's) or quick, x * sigmoid(1.702 x) (CLIP's)"
+    )
     pool: Literal["cls", "mean"] = "cls"
     embed_dim: int = Field(128, gt=0, le=MAX_WIDTH, description="joint embedding size of the contrastive head")
     outputs: list[OutputHead] | None = Field(None, description="output heads; default: what the objectives need")

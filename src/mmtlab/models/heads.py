@@ -10,9 +10,15 @@ from torch import Tensor, nn
 
 
 def pool(x: Tensor, mask: Tensor | None, how: str) -> Tensor:
-    """'cls': first token; 'mean': mean over real (unpadded) tokens."""
+    """'cls': first token; 'mean': mean over real (unpadded) tokens; 'last': the last real token
+    (CLIP's end-of-text token, when the text is [start] ... [end] [pad]...)."""
     if how == "cls":
         return x[:, 0]
+    if how == "last":
+        if mask is None:
+            return x[:, -1]
+        last = mask.long().sum(1).sub(1).clamp_min(0)
+        return x[torch.arange(len(x), device=x.device), last]
     if mask is None:
         return x.mean(1)
     m = mask.to(x.dtype).unsqueeze(-1)

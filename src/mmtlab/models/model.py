@@ -6,6 +6,8 @@ is the layout (see fusion.py) and which output heads exist.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor, nn
 
@@ -34,7 +36,12 @@ class MultimodalTransformer(ModelBase):
             self.image_embed = RegionEmbedding(cfg.image.region_dim, d)
         else:
             self.image_embed = PatchEmbedding(cfg.image.size, cfg.image.patch, d, cfg.image.channels, cls_token=True)
+        # CLIP's ViT normalises its input tokens (`pre_layrnorm`); absent by default.
+        self.image_pre_norm = nn.LayerNorm(d) if cfg.image.pre_norm else None
         self.layout = build_layout(cfg.layout, cfg.depth, **cfg.layout_args)
+        if cfg.text.causal:  # CLIP's text tower: every layer's text queries see only earlier text
+            self.layout = [replace(s, causal_text=True) for s in self.layout]
+        self.text_pool = cfg.text.pool or cfg.pool
         self.encoder = FusionEncoder(self.layout, d, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.gelu)
         self.norm = nn.ModuleDict({"text": nn.LayerNorm(d), "image": nn.LayerNorm(d)})
         outputs = cfg.outputs or []
@@ -67,7 +74,8 @@ class MultimodalTransformer(ModelBase):
             return self.image_embed(images)
         if self.cfg.image.input == "regions":
             raise ValueError("this model reads detector regions (model.image.input: regions), not pixels")
-        return self.image_embed(images, pos_box), None
+        x = self.image_embed(images, pos_box)
+        return (x if self.image_pre_norm is None else self.image_pre_norm(x)), None
 
     def forward(
         self,
@@ -108,7 +116,7 @@ class MultimodalTransformer(ModelBase):
         """L2-normalised text embeddings [B, E] (models with a contrastive head)."""
         self._require("contrastive")
         h = self(tokens=tokens, text_mask=mask)["text"]
-        return self.contrastive.embed_text(pool(h, mask, self.cfg.pool))
+        return self.contrastive.embed_text(pool(h, mask, self.text_pool))
 
     def score(self, images: Images, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         """Matching logits [B] for the pairs (images[i], tokens[i]).
@@ -128,7 +136,7 @@ class MultimodalTransformer(ModelBase):
     ) -> Tensor:
         """ITM logits [B] from final (normed) joint states of B pairs."""
         self._require("itm")
-        return self.itm(pool(text_states, text_mask, self.cfg.pool), pool(image_states, image_mask, self.cfg.pool))
+        return self.itm(pool(text_states, text_mask, self.text_pool), pool(image_states, image_mask, self.cfg.pool))
 
     # -- cross-encoder scoring of many pairs ---------------------------------------------------
 

@@ -1,0 +1,175 @@
+"""Hugging Face CLIP in and out: a tiny random transformers CLIPModel imported as a run gives its
+embeddings and logits; a run exported with `mmtlab export --format hf-clip` loads back into
+transformers with our embeddings; pickles, broken files and models that are not CLIP are one-line
+errors."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from conftest import cli_error, invoke
+
+from mmtlab.api import load
+from mmtlab.models.hf_clip import OPENAI_MEAN, OPENAI_STD
+
+transformers = pytest.importorskip("transformers")  # a dev dependency; optional for users
+
+TEXTS = [f"a photo of {a} {b} on a {c} background" for a in ("a", "two", "three") for b in ("cats", "apples", "stars")
+         for c in ("red", "blue", "striped")]  # fmt: skip
+ATOL = 2e-5
+
+
+def clip_tokenizer(path):
+    """A byte-level BPE with CLIP's two special tokens and its template, saved as tokenizer.json."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(TEXTS, trainer)
+    bos, eos = (tok.token_to_id(t) for t in specials)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>", special_tokens=[(specials[0], bos), (specials[1], eos)]
+    )
+    tok.save(str(path / "tokenizer.json"))
+    return tok, bos, eos
+
+
+def clip_dir(path, seed: int = 0, act: str = "quick_gelu", preprocessor: dict | None = None, **tower):
+    """A tiny random CLIPModel saved as save_pretrained does (every tensor perturbed, so LayerNorms
+    and biases are not the identity / zero)."""
+    path.mkdir(parents=True, exist_ok=True)
+    tok, bos, eos = clip_tokenizer(path)
+    common = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2, hidden_act=act)
+    cfg = transformers.CLIPConfig(
+        text_config=dict(common, vocab_size=tok.get_vocab_size(), max_position_embeddings=24, bos_token_id=bos,
+                         eos_token_id=eos, pad_token_id=eos),
+        vision_config=dict(common, image_size=32, patch_size=8, **tower),
+        projection_dim=16,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = transformers.CLIPModel(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(path, safe_serialization=True)
+    if preprocessor is not None:
+        (path / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    return model
+
+
+def hf_outputs(model, tokens, mask, pixels):
+    with torch.no_grad():
+        out = model(input_ids=tokens, attention_mask=mask.long(), pixel_values=pixels)
+    return out.image_embeds, out.text_embeds, out.logits_per_image
+
+
+def our_outputs(run, tokens, mask, images):
+    model = load(run)
+    with torch.no_grad():
+        img, txt = model.encode_image(images), model.encode_text(tokens, mask)
+        return img, txt, model.contrastive.logits(img, txt)
+
+
+def images(n: int = 4) -> torch.Tensor:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1  # ours: [-1, 1]
+
+
+@pytest.mark.parametrize("act,stats", [("quick_gelu", None), ("gelu", ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3)))])
+def test_imported_clip_gives_transformers_embeddings_and_logits(tmp_path, act, stats):
+    pre = None if stats is None else {"image_mean": list(stats[0]), "image_std": list(stats[1])}
+    theirs = clip_dir(tmp_path / "hf", act=act, preprocessor=pre)
+    invoke("import", "hf-clip", tmp_path / "hf", "--out", tmp_path / "run")
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]
+    assert (cfg["text"]["causal"], cfg["text"]["pool"], cfg["image"]["pre_norm"]) == (True, "last", True)
+    assert cfg["gelu"] == {"quick_gelu": "quick", "gelu": "exact"}[act]
+    tok = load(tmp_path / "run").tokenizer
+    tokens, mask = tok(TEXTS[:6])
+    assert not bool(mask.all())  # captions of different lengths: padding and causal masks together
+    x = images()
+    mean, std = (torch.tensor(s)[None, :, None, None] for s in (stats or (OPENAI_MEAN, OPENAI_STD)))
+    pixels = ((x + 1) / 2 - mean) / std  # what CLIPImageProcessor gives for the same image
+    want = hf_outputs(theirs, tokens, mask, pixels)
+    got = our_outputs(tmp_path / "run", tokens, mask, x)
+    for name, a, b in zip(("image", "text", "logits"), got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=1e-5, msg=f"{name} embeddings differ")
+
+
+def test_export_round_trip_loads_in_transformers(tmp_path):
+    clip_dir(tmp_path / "hf", seed=1)
+    invoke("import", "hf-clip", tmp_path / "hf", "--out", tmp_path / "run")
+    (tmp_path / "run" / "eval").mkdir()
+    (tmp_path / "run" / "eval" / "retrieval.json").write_text(json.dumps({"i2t": {"R@1": 0.25}, "t2i": {"R@1": 0.5}}))
+    invoke("export", tmp_path / "run", "--format", "hf-clip", tmp_path / "out")
+    back = transformers.CLIPModel.from_pretrained(tmp_path / "out").eval()
+    proc = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
+    assert proc["image_mean"] == proc["image_std"] == [0.5, 0.5, 0.5]  # our [-1, 1] pixels
+    tok = load(tmp_path / "run").tokenizer
+    tokens, mask = tok(TEXTS[3:9])
+    x = images()
+    want = our_outputs(tmp_path / "run", tokens, mask, x)
+    got = hf_outputs(back, tokens, mask, x)
+    for name, a, b in zip(("image", "text", "logits"), got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=1e-5, msg=f"{name} embeddings differ")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| retrieval | i2t.R@1 | 0.25 |" in card and "causal: true" in card
+    fast = transformers.PreTrainedTokenizerFast.from_pretrained(tmp_path / "out")
+    assert fast(TEXTS[3])["input_ids"] == tokens[0][mask[0]].tolist()
+
+
+def test_export_names_what_is_not_clip(tmp_path, monkeypatch, capsys):
+    clip_dir(tmp_path / "hf")
+    invoke("import", "hf-clip", tmp_path / "hf", "--out", tmp_path / "run")
+    f = tmp_path / "run" / "config.yaml"
+    cfg = yaml.safe_load(f.read_text())
+    cfg["model"]["text"]["causal"] = False
+    cfg["model"]["text"]["pool"] = "mean"
+    f.write_text(yaml.safe_dump(cfg))
+    code, err = cli_error(monkeypatch, capsys, "export", tmp_path / "run", "--format", "hf-clip", tmp_path / "out")
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "text tower is bidirectional" in err and "model.text.pool: last" in err
+    code, err = cli_error(monkeypatch, capsys, "export", tmp_path / "run", "--format", "onnx", tmp_path / "o2")
+    assert code == 2 and "only export format is hf-clip" in err
+
+
+def test_import_refuses_pickles_and_broken_files(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "hf"
+    clip_dir(src)
+
+    def error(out: str) -> str:
+        code, err = cli_error(monkeypatch, capsys, "import", "hf-clip", src, "--out", tmp_path / out)
+        assert code == 2 and len(err.splitlines()) == 1, err
+        return err
+
+    weights = (src / "model.safetensors").read_bytes()
+    (src / "model.safetensors").write_bytes(weights[:1000])
+    assert "not a readable safetensors file" in error("r1")
+    (src / "model.safetensors").unlink()
+    (src / "pytorch_model.bin").write_bytes(b"pickle")
+    assert "pytorch_model.bin is not read" in error("r2")
+    (src / "model.safetensors").write_bytes(weights)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
+    assert "not 'clip'" in error("r3")
+    (src / "config.json").write_text("{")
+    assert "not valid JSON" in error("r4")
+    config["vision_config"]["hidden_size"] = 64
+    (src / "config.json").write_text(json.dumps(config))
+    assert "differ in hidden_size (32 vs 64)" in error("r5")
+    config["vision_config"]["hidden_size"] = 32
+    (src / "config.json").write_text(json.dumps(config))
+    (src / "tokenizer.json").unlink()
+    assert "tokenizer.json is missing" in error("r6")
+    assert "no config.json" in error_dir(monkeypatch, capsys, tmp_path)
+
+
+def error_dir(monkeypatch, capsys, tmp_path) -> str:
+    (tmp_path / "empty").mkdir()
+    code, err = cli_error(monkeypatch, capsys, "import", "hf-clip", tmp_path / "empty", "--out", tmp_path / "r7")
+    assert code == 2
+    return err
