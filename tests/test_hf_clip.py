@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import cli_error, invoke
+from conftest import cli_error, invoke, tiny_run_config
 
 from mmtlab.api import load
 from mmtlab.models.hf_clip import OPENAI_MEAN, OPENAI_STD
@@ -146,6 +146,8 @@ def test_import_refuses_pickles_and_broken_files(tmp_path, monkeypatch, capsys):
         assert code == 2 and len(err.splitlines()) == 1, err
         return err
 
+    invoke("import", "hf-clip", src, "--out", tmp_path / "r0")
+    assert "exists and is not empty" in error("r0")
     weights = (src / "model.safetensors").read_bytes()
     (src / "model.safetensors").write_bytes(weights[:1000])
     assert "not a readable safetensors file" in error("r1")
@@ -173,3 +175,50 @@ def error_dir(monkeypatch, capsys, tmp_path) -> str:
     code, err = cli_error(monkeypatch, capsys, "import", "hf-clip", tmp_path / "empty", "--out", tmp_path / "r7")
     assert code == 2
     return err
+
+
+def clip_shaped(cfg: dict) -> dict:
+    """Our tiny run config with CLIP's towers: causal text pooled at [SEP], quick GELU, a pre-LN."""
+    m = cfg["model"]
+    m.update(gelu="quick")
+    m["text"].update(causal=True, pool="last")
+    m["image"].update(pre_norm=True)
+    return cfg
+
+
+def test_a_clip_shaped_run_trains_and_exports(tmp_path, tiny_data):
+    cfg = tmp_path / "clip.yaml"
+    cfg.write_text(yaml.safe_dump(clip_shaped(tiny_run_config(tiny_data, steps=2, checkpoint_every=2))))
+    invoke("train", cfg, "--out", tmp_path / "run")
+    invoke("export", tmp_path / "run", "--format", "hf-clip", tmp_path / "out")
+    back = transformers.CLIPModel.from_pretrained(tmp_path / "out").eval()
+    assert back.config.text_config.eos_token_id == 3  # WordPiece's [SEP]: pooled by its position, not argmax
+    tok = load(tmp_path / "run").tokenizer
+    tokens, mask = tok(["a red apple on a blue background", "two cats", "a star"])
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    want = our_outputs(tmp_path / "run", tokens, mask, x)
+    got = hf_outputs(back, tokens, mask, x)
+    for name, a, b in zip(("image", "text", "logits"), got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=1e-5, msg=f"{name} embeddings differ")
+
+
+def test_an_imported_clip_initialises_training(tmp_path, tiny_data):
+    clip_dir(tmp_path / "hf")
+    invoke("import", "hf-clip", tmp_path / "hf", "--out", tmp_path / "clip")
+    imported = yaml.safe_load((tmp_path / "clip" / "config.yaml").read_text())["model"]
+    cfg = tiny_run_config(tiny_data, steps=1, lr=1e-9, warmup_steps=0, checkpoint_every=1)
+    cfg["model"] = imported
+    cfg["train"]["init_from"] = str(tmp_path / "clip")
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(cfg))
+    invoke("train", tmp_path / "ft.yaml", "--out", tmp_path / "ft")
+    before, after = load(tmp_path / "clip"), load(tmp_path / "ft")
+    assert (tmp_path / "ft" / "tokenizer.json").read_text() == (tmp_path / "hf" / "tokenizer.json").read_text()
+    for (name, a), b in zip(before.state_dict().items(), after.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+
+
+def test_clip_switches_belong_to_the_encoder_family():
+    from mmtlab.config import RunConfig
+
+    with pytest.raises(ValueError, match="text.causal: only used with model.arch encoder"):
+        RunConfig.model_validate({"model": {"arch": "mammut", "text": {"causal": True}}, "objectives": {"caption": 1}})

@@ -113,7 +113,7 @@ def model_card(run: Path, cfg: RunConfig, dropped: list[str]) -> str:
         "---",
         f"# {run.name}",
         "",
-        f"A CLIP dual encoder trained with mmtlab and exported from the run directory `{run.name}` "
+        f"A CLIP dual encoder exported by mmtlab from the run directory `{run.name}` "
         "(`mmtlab export RUN --format hf-clip DIR`). It loads with `CLIPModel.from_pretrained(DIR)`; "
         "images are normalised to [-1, 1] (preprocessor_config.json: mean = std = 0.5).",
         "",

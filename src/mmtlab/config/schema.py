@@ -98,7 +98,10 @@ class ModelConfig(Strict):
             raise ValueError(f"layout {self.layout!r} needs arch: {owner}")
         for name in FAMILY_FIELDS:
             owners = [a for a, f in FAMILIES.items() if name in f.fields]
-            if getattr(self, name) is not None and name not in fam.fields:
+            value = self
+            for part in name.split("."):
+                value = getattr(value, part)
+            if value is not None and value is not False and name not in fam.fields:
                 raise ValueError(f"{name}: only used with model.arch {' or '.join(owners)}")
         if "flamingo" in fam.fields and self.flamingo is None:
             raise ValueError("flamingo: the section is required by model.arch: flamingo")
@@ -128,7 +131,8 @@ class ModelConfig(Strict):
         return self
 
 
-# Model fields that only some families read (their sections, coca's caption_queries).
+# Model fields that only some families read (their sections, coca's caption_queries, the encoder's
+# CLIP switches); set (not None, not False) elsewhere they are errors.
 FAMILY_FIELDS = sorted({name for f in FAMILIES.values() for name in f.fields})
 
 
