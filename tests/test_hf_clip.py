@@ -49,7 +49,7 @@ def clip_dir(path, seed: int = 0, act: str = "quick_gelu", preprocessor: dict | 
     cfg = transformers.CLIPConfig(
         text_config=dict(common, vocab_size=tok.get_vocab_size(), max_position_embeddings=24, bos_token_id=bos,
                          eos_token_id=eos, pad_token_id=eos),
-        vision_config=dict(common, image_size=32, patch_size=8, **tower),
+        vision_config={**common, "image_size": 32, "patch_size": 8, **tower},
         projection_dim=16,
     )  # fmt: skip
     torch.manual_seed(seed)
@@ -80,14 +80,22 @@ def images(n: int = 4) -> torch.Tensor:
     return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1  # ours: [-1, 1]
 
 
-@pytest.mark.parametrize("act,stats", [("quick_gelu", None), ("gelu", ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3)))])
-def test_imported_clip_gives_transformers_embeddings_and_logits(tmp_path, act, stats):
+WIDER_VIT = {"hidden_size": 48, "num_attention_heads": 3, "intermediate_size": 192}  # as 768 vs 512 in ViT-B
+
+
+@pytest.mark.parametrize(
+    "act,stats,vision",
+    [("quick_gelu", None, {}), ("gelu", ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3)), {}), ("quick_gelu", None, WIDER_VIT)],
+)
+def test_imported_clip_gives_transformers_embeddings_and_logits(tmp_path, act, stats, vision):
     pre = None if stats is None else {"image_mean": list(stats[0]), "image_std": list(stats[1])}
-    theirs = clip_dir(tmp_path / "hf", act=act, preprocessor=pre)
+    theirs = clip_dir(tmp_path / "hf", act=act, preprocessor=pre, **vision)
     invoke("import", "hf-clip", tmp_path / "hf", "--out", tmp_path / "run")
     cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]
     assert (cfg["text"]["causal"], cfg["text"]["pool"], cfg["image"]["pre_norm"]) == (True, "last", True)
     assert cfg["gelu"] == {"quick_gelu": "quick", "gelu": "exact"}[act]
+    own = {"width": 48, "heads": 3, "mlp_ratio": 4.0} if vision else {"width": None, "heads": None, "mlp_ratio": None}
+    assert {k: cfg["image"][k] for k in own} == own
     tok = load(tmp_path / "run").tokenizer
     tokens, mask = tok(TEXTS[:6])
     assert not bool(mask.all())  # captions of different lengths: padding and causal masks together
@@ -101,7 +109,7 @@ def test_imported_clip_gives_transformers_embeddings_and_logits(tmp_path, act, s
 
 
 def test_export_round_trip_loads_in_transformers(tmp_path):
-    clip_dir(tmp_path / "hf", seed=1)
+    clip_dir(tmp_path / "hf", seed=1, **WIDER_VIT)
     invoke("import", "hf-clip", tmp_path / "hf", "--out", tmp_path / "run")
     (tmp_path / "run" / "eval").mkdir()
     (tmp_path / "run" / "eval" / "retrieval.json").write_text(json.dumps({"i2t": {"R@1": 0.25}, "t2i": {"R@1": 0.5}}))
@@ -160,10 +168,10 @@ def test_import_refuses_pickles_and_broken_files(tmp_path, monkeypatch, capsys):
     assert "not 'clip'" in error("r3")
     (src / "config.json").write_text("{")
     assert "not valid JSON" in error("r4")
-    config["vision_config"]["hidden_size"] = 64
+    config["vision_config"]["num_hidden_layers"] = 3
     (src / "config.json").write_text(json.dumps(config))
-    assert "differ in hidden_size (32 vs 64)" in error("r5")
-    config["vision_config"]["hidden_size"] = 32
+    assert "differ in num_hidden_layers (2 vs 3)" in error("r5")
+    config["vision_config"]["num_hidden_layers"] = 2
     (src / "config.json").write_text(json.dumps(config))
     (src / "tokenizer.json").unlink()
     assert "tokenizer.json is missing" in error("r6")
@@ -178,11 +186,11 @@ def error_dir(monkeypatch, capsys, tmp_path) -> str:
 
 
 def clip_shaped(cfg: dict) -> dict:
-    """Our tiny run config with CLIP's towers: causal text pooled at [SEP], quick GELU, a pre-LN."""
+    """Our tiny run config with CLIP's towers: causal text pooled at [SEP], quick GELU, a pre-LN, a wider ViT."""
     m = cfg["model"]
     m.update(gelu="quick")
     m["text"].update(causal=True, pool="last")
-    m["image"].update(pre_norm=True)
+    m["image"].update(pre_norm=True, width=48, heads=3)  # a wider ViT, as in published CLIPs
     return cfg
 
 
@@ -222,3 +230,9 @@ def test_clip_switches_belong_to_the_encoder_family():
 
     with pytest.raises(ValueError, match="text.causal: only used with model.arch encoder"):
         RunConfig.model_validate({"model": {"arch": "mammut", "text": {"causal": True}}, "objectives": {"caption": 1}})
+    with pytest.raises(ValueError, match="image.width: an image tower of its own size needs layout modality_specific"):
+        RunConfig.model_validate({"model": {"layout": "merged", "image": {"width": 64}}})
+    with pytest.raises(ValueError, match="the itm / mrm heads read both streams at one width"):
+        RunConfig.model_validate({"model": {"image": {"width": 64}}, "objectives": {"itm": 1}})
+    with pytest.raises(ValueError, match="image.width 64 must be divisible by image.heads 5"):
+        RunConfig.model_validate({"model": {"image": {"width": 64, "heads": 5}}})

@@ -87,7 +87,8 @@ FAMILIES: dict[str, Family] = {
         passes="encoder",
         data=_encoder_data,
         objectives=CONTRASTIVE | ENCODER_ONLY,
-        fields=("text.causal", "text.pool", "image.pre_norm"),  # CLIP's towers (models/hf_clip.py)
+        # CLIP's towers (models/hf_clip.py)
+        fields=("text.causal", "text.pool", "image.pre_norm", "image.width", "image.heads", "image.mlp_ratio"),
         evals=("retrieval", "mlm", "probe", "ablation"),
     ),
     "mammut": Family("mmtlab.models.mammut:MaMMUT", layout="mammut", **_DECODER),

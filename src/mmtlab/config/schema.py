@@ -111,6 +111,18 @@ class ModelConfig(Strict):
     def _divisible(self):
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+        img = self.image
+        if (img.width or self.width) % (img.heads or self.heads):
+            raise ValueError(
+                f"image.width {img.width or self.width} must be divisible by image.heads {img.heads or self.heads}"
+            )
+        own = [f"image.{k}" for k in ("width", "heads", "mlp_ratio") if getattr(img, k) is not None]
+        if own and (
+            self.layout != "modality_specific" or self.layout_args.get("weights", "per_modality") != "per_modality"
+        ):
+            raise ValueError(
+                f"{own[0]}: an image tower of its own size needs layout modality_specific (per-modality weights)"
+            )
         if self.image.size % self.image.patch:
             raise ValueError(f"image.size {self.image.size} must be a multiple of image.patch {self.image.patch}")
         return self
@@ -334,6 +346,8 @@ class RunConfig(Strict):
                     f"model.arch {arch} trains with: {', '.join(sorted(fam.objectives))}"
                 )
         needed = heads_for(self.objectives)
+        if self.model.image.width not in (None, self.model.width) and {"itm", "mrm"} & set(needed):
+            raise ValueError("model.image.width: the itm / mrm heads read both streams at one width (model.width)")
         if self.model.outputs is not None:
             missing = [h for h in needed if h not in self.model.outputs]
             if missing:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mmtlab.config.base import MAX_PIXELS, MAX_TOKENS, Strict
+from mmtlab.config.base import MAX_PIXELS, MAX_TOKENS, MAX_WIDTH, Strict
 
 
 class ImageConfig(Strict):
@@ -24,6 +24,9 @@ class ImageConfig(Strict):
     cpe_scale: tuple[float, float] = Field((0.1, 1.0), description="CPE: range of the crop's area fraction")
     cpe_ratio: tuple[float, float] = Field((0.5, 2.0), description="CPE: range of the crop's aspect ratio")
     pre_norm: bool = Field(False, description="a LayerNorm on the image tokens before the encoder (CLIP's ViT)")
+    width: int | None = Field(None, gt=0, le=MAX_WIDTH, description="the image tower's own width; null: model.width")
+    heads: int | None = Field(None, gt=0, le=MAX_WIDTH, description="its attention heads; null: model.heads")
+    mlp_ratio: float | None = Field(None, gt=0, description="its MLP ratio; null: model.mlp_ratio")
 
     @model_validator(mode="after")
     def _cpe_ranges(self):

@@ -34,10 +34,17 @@ class ContrastiveHead(nn.Module):
 
     max_scale = 100.0
 
-    def __init__(self, dim: int, embed_dim: int, init_scale: float = 1 / 0.07, init_bias: float | None = None):
+    def __init__(
+        self,
+        dim: int,
+        embed_dim: int,
+        init_scale: float = 1 / 0.07,
+        init_bias: float | None = None,
+        image_dim: int | None = None,
+    ):
         super().__init__()
         self.text_proj = nn.Linear(dim, embed_dim, bias=False)
-        self.image_proj = nn.Linear(dim, embed_dim, bias=False)
+        self.image_proj = nn.Linear(image_dim or dim, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
         self.logit_bias = nn.Parameter(torch.tensor(float(init_bias))) if init_bias is not None else None
 

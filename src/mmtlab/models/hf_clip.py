@@ -42,6 +42,7 @@ _LAYER = {  # CLIP module (after encoder.layers.N.) -> ours (after streams.<text
     "mlp.fc2": "mlp.fc2",
 }
 _TOWERS = {"text": "text_model", "image": "vision_model"}
+_OWN_SIZE = ("hidden_size", "intermediate_size", "num_attention_heads")  # model.image.width / mlp_ratio / heads
 _DEFAULTS = {  # CLIPTextConfig's and CLIPVisionConfig's, for keys a config.json leaves out
     "hidden_size": (512, 768),
     "intermediate_size": (2048, 3072),
@@ -74,29 +75,34 @@ def _config(path: Path) -> dict:
 
 def model_fields(path: str | Path) -> dict:
     """The ModelConfig (as a dict) of the CLIPModel at `path`; a HFError naming what our dual
-    encoder cannot represent (towers of different sizes, another activation or LayerNorm eps)."""
+    encoder cannot represent (towers of different depths, another activation or LayerNorm eps). A
+    vision tower wider than the text tower (published CLIPs: 768 vs 512) is `model.image.width`."""
     path = Path(path)
     c = _config(path)
     t, v = c.get("text_config") or {}, c.get("vision_config") or {}
-    dims = {}
+    dims, vision = {}, {}
     for key, (default_t, default_v) in _DEFAULTS.items():
         a, b = t.get(key, default_t), v.get(key, default_v)
-        if a != b:
+        if a != b and key not in _OWN_SIZE:
             raise HFError(
                 f"hf-clip: text and vision towers differ in {key} ({a} vs {b}); mmtlab's dual encoder has one "
-                "width, depth, head count, MLP size and activation for both"
+                "depth, activation and LayerNorm eps for both"
             )
-        dims[key] = a
+        dims[key], vision[key] = a, b
     if dims["hidden_act"] not in ACT_TO_GELU:
         raise HFError(f"hf-clip: hidden_act {dims['hidden_act']!r} (supported: {', '.join(ACT_TO_GELU)})")
     if abs(dims["layer_norm_eps"] - 1e-5) > 1e-12:
         raise HFError(f"hf-clip: layer_norm_eps {dims['layer_norm_eps']} (only 1e-5 is supported)")
     if v.get("num_channels", 3) != 3:
         raise HFError(f"hf-clip: {v['num_channels']} image channels (only RGB is supported)")
-    width, hidden = dims["hidden_size"], dims["intermediate_size"]
-    ratio = hidden / width
-    if int(width * ratio) != hidden:
-        raise HFError(f"hf-clip: intermediate_size {hidden} is not representable as a ratio of width {width}")
+    ratio, image_ratio = _ratio(dims), _ratio(vision)
+    width, image = dims["hidden_size"], {}
+    if vision["hidden_size"] != width:
+        image["width"] = vision["hidden_size"]
+    if vision["num_attention_heads"] != dims["num_attention_heads"]:
+        image["heads"] = vision["num_attention_heads"]
+    if image_ratio != ratio:
+        image["mlp_ratio"] = image_ratio
     return {
         "arch": "encoder",
         "layout": "modality_specific",
@@ -108,7 +114,7 @@ def model_fields(path: str | Path) -> dict:
         "pool": "cls",
         "embed_dim": c.get("projection_dim", 512),
         "outputs": ["contrastive"],
-        "image": {"size": v.get("image_size", 224), "patch": v.get("patch_size", 32), "pre_norm": True},
+        "image": {"size": v.get("image_size", 224), "patch": v.get("patch_size", 32), "pre_norm": True, **image},
         "text": {
             "max_len": t.get("max_position_embeddings", 77),
             "vocab_size": t.get("vocab_size", 49408),
@@ -116,6 +122,13 @@ def model_fields(path: str | Path) -> dict:
             "pool": "last",
         },
     }
+
+
+def _ratio(dims: dict) -> float:
+    width, hidden = dims["hidden_size"], dims["intermediate_size"]
+    if int(width * (hidden / width)) != hidden:
+        raise HFError(f"hf-clip: intermediate_size {hidden} is not representable as a ratio of width {width}")
+    return hidden / width
 
 
 def _pixel_stats(path: Path) -> tuple[Tensor, Tensor]:
@@ -182,7 +195,7 @@ def weights(path: str | Path, cfg: ModelConfig) -> dict[str, Tensor]:
     out["image_pre_norm.weight"] = raw["vision_model.pre_layrnorm.weight"]
     out["image_pre_norm.bias"] = raw["vision_model.pre_layrnorm.bias"]
     pos = raw["vision_model.embeddings.position_embedding.weight"]
-    d, g = cfg.width, cfg.image.size // cfg.image.patch
+    d, g = cfg.image.width or cfg.width, cfg.image.size // cfg.image.patch
     out["image_embed.cls"] = (raw["vision_model.embeddings.class_embedding"] + pos[0]).reshape(1, 1, d)
     out["image_embed.pos"] = pos[1:].T.reshape(d, g, g).contiguous()
     # CLIP's conv reads (x01 - mean) / std; ours reads x = 2 x01 - 1, so x01 = (x + 1) / 2 and the
@@ -263,7 +276,16 @@ def hf_config(cfg: ModelConfig) -> dict:
         "bos_token_id": cfg.text.cls_id,
         "eos_token_id": cfg.text.sep_id,
     }
-    vision = {**tower, "image_size": cfg.image.size, "patch_size": cfg.image.patch, "num_channels": 3}
+    img = cfg.image
+    vision = {
+        **tower,
+        "hidden_size": img.width or cfg.width,
+        "intermediate_size": int((img.width or cfg.width) * (img.mlp_ratio or cfg.mlp_ratio)),
+        "num_attention_heads": img.heads or cfg.heads,
+        "image_size": img.size,
+        "patch_size": img.patch,
+        "num_channels": 3,
+    }
     return {
         "architectures": ["CLIPModel"],
         "model_type": "clip",
@@ -298,7 +320,7 @@ def to_hf(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
     """Our dual encoder's state dict under CLIPModel's names (the inverse of `weights`, with our
     pixel normalisation: mean = std = 0.5)."""
     out: dict[str, Tensor] = {}
-    d = cfg.width
+    d = cfg.image.width or cfg.width
     for ours, hf in _TOWERS.items():
         for i in range(cfg.depth):
             src, dst = f"encoder.layers.{i}.streams.{ours}.", f"{hf}.encoder.layers.{i}."
