@@ -15,40 +15,34 @@ from mmtlab.models.hf_clip import OPENAI_MEAN, OPENAI_STD
 
 transformers = pytest.importorskip("transformers")  # a dev dependency; optional for users
 
-TEXTS = [f"a photo of {a} {b} on a {c} background" for a in ("a", "two", "three") for b in ("cats", "apples", "stars")
+TEXTS = [f"{a} {b} on {c}" for a in ("a", "two", "three") for b in ("cats", "apples", "stars")
          for c in ("red", "blue", "striped")]  # fmt: skip
 ATOL = 2e-5
 
 
 def clip_tokenizer(path):
-    """A byte-level BPE with CLIP's two special tokens and its template, saved as tokenizer.json."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    """transformers' own CLIPTokenizer on a tiny vocabulary (bytes, bytes + </w>, a few merges),
+    saved as save_pretrained does (tokenizer.json)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+    chars = list(bytes_to_unicode().values())
+    merges = [("a", "t</w>"), ("c", "at</w>"), ("t", "h"), ("th", "e</w>"), ("o", "n</w>"), ("r", "e"), ("re", "d</w>")]
     specials = ["<|startoftext|>", "<|endoftext|>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(TEXTS, trainer)
-    bos, eos = (tok.token_to_id(t) for t in specials)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<|startoftext|> $A <|endoftext|>", special_tokens=[(specials[0], bos), (specials[1], eos)]
-    )
-    tok.save(str(path / "tokenizer.json"))
-    return tok, bos, eos
+    vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + specials
+    tok = transformers.CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges)
+    tok.save_pretrained(path)
+    return tok
 
 
 def clip_dir(path, seed: int = 0, act: str = "quick_gelu", preprocessor: dict | None = None, **tower):
     """A tiny random CLIPModel saved as save_pretrained does (every tensor perturbed, so LayerNorms
     and biases are not the identity / zero)."""
     path.mkdir(parents=True, exist_ok=True)
-    tok, bos, eos = clip_tokenizer(path)
+    tok = clip_tokenizer(path)
     common = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2, hidden_act=act)
     cfg = transformers.CLIPConfig(
-        text_config=dict(common, vocab_size=tok.get_vocab_size(), max_position_embeddings=24, bos_token_id=bos,
-                         eos_token_id=eos, pad_token_id=eos),
+        text_config=dict(common, vocab_size=len(tok), max_position_embeddings=64, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
         vision_config={**common, "image_size": 32, "patch_size": 8, **tower},
         projection_dim=16,
     )  # fmt: skip
@@ -81,11 +75,17 @@ def images(n: int = 4) -> torch.Tensor:
 
 
 WIDER_VIT = {"hidden_size": 48, "num_attention_heads": 3, "intermediate_size": 192}  # as 768 vs 512 in ViT-B
+DEEPER_VIT = {**WIDER_VIT, "num_hidden_layers": 3}  # as ViT-L/14: 24 layers, text 12
 
 
 @pytest.mark.parametrize(
     "act,stats,vision",
-    [("quick_gelu", None, {}), ("gelu", ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3)), {}), ("quick_gelu", None, WIDER_VIT)],
+    [
+        ("quick_gelu", None, {}),
+        ("gelu", ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3)), {}),
+        ("quick_gelu", None, WIDER_VIT),
+        ("quick_gelu", None, DEEPER_VIT),
+    ],
 )
 def test_imported_clip_gives_transformers_embeddings_and_logits(tmp_path, act, stats, vision):
     pre = None if stats is None else {"image_mean": list(stats[0]), "image_std": list(stats[1])}
@@ -96,9 +96,12 @@ def test_imported_clip_gives_transformers_embeddings_and_logits(tmp_path, act, s
     assert cfg["gelu"] == {"quick_gelu": "quick", "gelu": "exact"}[act]
     own = {"width": 48, "heads": 3, "mlp_ratio": 4.0} if vision else {"width": None, "heads": None, "mlp_ratio": None}
     assert {k: cfg["image"][k] for k in own} == own
+    assert cfg["layout_args"] == ({"image_depth": 3} if "num_hidden_layers" in vision else {})
     tok = load(tmp_path / "run").tokenizer
     tokens, mask = tok(TEXTS[:6])
     assert not bool(mask.all())  # captions of different lengths: padding and causal masks together
+    hf_tok = transformers.CLIPTokenizer.from_pretrained(tmp_path / "hf")(TEXTS[:6], padding=True)
+    assert tokens.tolist() == hf_tok["input_ids"] and mask.long().tolist() == hf_tok["attention_mask"]
     x = images()
     mean, std = (torch.tensor(s)[None, :, None, None] for s in (stats or (OPENAI_MEAN, OPENAI_STD)))
     pixels = ((x + 1) / 2 - mean) / std  # what CLIPImageProcessor gives for the same image
@@ -109,7 +112,7 @@ def test_imported_clip_gives_transformers_embeddings_and_logits(tmp_path, act, s
 
 
 def test_export_round_trip_loads_in_transformers(tmp_path):
-    clip_dir(tmp_path / "hf", seed=1, **WIDER_VIT)
+    clip_dir(tmp_path / "hf", seed=1, **DEEPER_VIT)
     invoke("import", "hf-clip", tmp_path / "hf", "--out", tmp_path / "run")
     (tmp_path / "run" / "eval").mkdir()
     (tmp_path / "run" / "eval" / "retrieval.json").write_text(json.dumps({"i2t": {"R@1": 0.25}, "t2i": {"R@1": 0.5}}))
@@ -168,10 +171,10 @@ def test_import_refuses_pickles_and_broken_files(tmp_path, monkeypatch, capsys):
     assert "not 'clip'" in error("r3")
     (src / "config.json").write_text("{")
     assert "not valid JSON" in error("r4")
-    config["vision_config"]["num_hidden_layers"] = 3
+    config["vision_config"]["layer_norm_eps"] = 1e-6
     (src / "config.json").write_text(json.dumps(config))
-    assert "differ in num_hidden_layers (2 vs 3)" in error("r5")
-    config["vision_config"]["num_hidden_layers"] = 2
+    assert "differ in layer_norm_eps (1e-05 vs 1e-06)" in error("r5")
+    del config["vision_config"]["layer_norm_eps"]
     (src / "config.json").write_text(json.dumps(config))
     (src / "tokenizer.json").unlink()
     assert "tokenizer.json is missing" in error("r6")

@@ -261,15 +261,22 @@ def merged(depth: int, weights: Weights = "shared") -> list[LayerSpec]:
 
 
 def modality_specific(
-    depth: int, weights: Weights = "per_modality", streams: tuple[str, ...] = (TEXT, IMAGE)
+    depth: int,
+    weights: Weights = "per_modality",
+    streams: tuple[str, ...] = (TEXT, IMAGE),
+    image_depth: int | None = None,
 ) -> list[LayerSpec]:
     """Dual encoder: each stream attends only to itself; no path between modalities.
 
     `streams` names the streams that get weights: ("image",) is a single-modality ViT, as data2vec
-    trains it; ("speech",) a speech transformer.
+    trains it; ("speech",) a speech transformer. `image_depth`: the image tower's own depth (CLIP
+    ViT-L/14: 24 layers, text 12); layer i holds the streams whose towers are deeper than i.
     """
-    attend = {m: (m,) for m in streams}
-    return [LayerSpec(attend=attend, weights=weights) for _ in range(depth)]
+    if image_depth is None or IMAGE not in streams:
+        attend = {m: (m,) for m in streams}
+        return [LayerSpec(attend=attend, weights=weights) for _ in range(depth)]
+    n = {m: image_depth if m == IMAGE else depth for m in streams}
+    return [LayerSpec(attend={m: (m,) for m in streams if i < n[m]}, weights=weights) for i in range(max(n.values()))]
 
 
 def asym_text_queries(depth: int, weights: Weights = "shared") -> list[LayerSpec]:

@@ -42,7 +42,8 @@ _LAYER = {  # CLIP module (after encoder.layers.N.) -> ours (after streams.<text
     "mlp.fc2": "mlp.fc2",
 }
 _TOWERS = {"text": "text_model", "image": "vision_model"}
-_OWN_SIZE = ("hidden_size", "intermediate_size", "num_attention_heads")  # model.image.width / mlp_ratio / heads
+# model.image.width / mlp_ratio / heads, model.layout_args.image_depth
+_OWN_SIZE = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers")
 _DEFAULTS = {  # CLIPTextConfig's and CLIPVisionConfig's, for keys a config.json leaves out
     "hidden_size": (512, 768),
     "intermediate_size": (2048, 3072),
@@ -86,7 +87,7 @@ def model_fields(path: str | Path) -> dict:
         if a != b and key not in _OWN_SIZE:
             raise HFError(
                 f"hf-clip: text and vision towers differ in {key} ({a} vs {b}); mmtlab's dual encoder has one "
-                "depth, activation and LayerNorm eps for both"
+                "activation and LayerNorm eps for both"
             )
         dims[key], vision[key] = a, b
     if dims["hidden_act"] not in ACT_TO_GELU:
@@ -103,9 +104,13 @@ def model_fields(path: str | Path) -> dict:
         image["heads"] = vision["num_attention_heads"]
     if image_ratio != ratio:
         image["mlp_ratio"] = image_ratio
+    depths = (
+        {} if vision["num_hidden_layers"] == dims["num_hidden_layers"] else {"image_depth": vision["num_hidden_layers"]}
+    )
     return {
         "arch": "encoder",
         "layout": "modality_specific",
+        "layout_args": depths,
         "width": width,
         "depth": dims["num_hidden_layers"],
         "heads": dims["num_attention_heads"],
@@ -179,7 +184,7 @@ def weights(path: str | Path, cfg: ModelConfig) -> dict[str, Tensor]:
         raise HFError(f"hf-clip: {path} lacks tensors {missing[:4]}{' ...' if len(missing) > 4 else ''}")
     out: dict[str, Tensor] = {}
     for ours, hf in _TOWERS.items():
-        for i in range(cfg.depth):
+        for i in range(tower_depth(cfg, ours)):
             src, dst = f"{hf}.encoder.layers.{i}.", f"encoder.layers.{i}.streams.{ours}."
             for kind in ("weight", "bias"):
                 qkv = [raw[f"{src}self_attn.{p}_proj.{kind}"] for p in "qkv"]
@@ -210,6 +215,12 @@ def weights(path: str | Path, cfg: ModelConfig) -> dict[str, Tensor]:
     return out
 
 
+def tower_depth(cfg: ModelConfig, stream: str) -> int:
+    """Layers of one tower: model.depth, or for the image model.layout_args.image_depth if given."""
+    own = cfg.layout_args.get("image_depth") if stream == "image" else None
+    return cfg.depth if own is None else own
+
+
 def _expected_names(cfg: ModelConfig) -> set[str]:
     names = {
         "text_model.embeddings.token_embedding.weight", "text_model.embeddings.position_embedding.weight",
@@ -218,8 +229,8 @@ def _expected_names(cfg: ModelConfig) -> set[str]:
         "vision_model.embeddings.patch_embedding.weight", "vision_model.embeddings.position_embedding.weight",
         "text_projection.weight", "visual_projection.weight", "logit_scale",
     }  # fmt: skip
-    for hf in _TOWERS.values():
-        for i in range(cfg.depth):
+    for ours, hf in _TOWERS.items():
+        for i in range(tower_depth(cfg, ours)):
             names |= {f"{hf}.encoder.layers.{i}.{m}.weight" for m in [*_LAYER, "self_attn.q_proj"]}
     return names
 
@@ -234,13 +245,21 @@ def export_problems(cfg: ModelConfig, layout) -> list[str]:
         problems.append("no contrastive head")
     if cfg.image.input != "patches":
         problems.append("model.image.input is regions (CLIP reads pixels)")
+    towers = {"text": ("text",), "image": ("image",)}
+    seen = {"text": 0, "image": 0}
     for i, s in enumerate(layout):
-        if dict(s.attend) != {"text": ("text",), "image": ("image",)} or s.weights != "per_modality":
+        attend = dict(s.attend)
+        if not attend or any(towers.get(q) != k for q, k in attend.items()) or s.weights != "per_modality":
             problems.append(f"layer {i} is not a dual-encoder layer (layout modality_specific, per-modality weights)")
             break
         if s.cross_attention or not s.ffn:
             problems.append(f"layer {i} has cross-attention or no FFN")
             break
+        if any(seen[m] != i for m in attend):
+            problems.append(f"layer {i}: a tower skips layers")
+            break
+        for m in attend:
+            seen[m] += 1
     if not cfg.text.causal:
         problems.append("the text tower is bidirectional (CLIP's is causal: model.text.causal: true)")
     if (cfg.text.pool or cfg.pool) != "last":
@@ -279,6 +298,7 @@ def hf_config(cfg: ModelConfig) -> dict:
     img = cfg.image
     vision = {
         **tower,
+        "num_hidden_layers": tower_depth(cfg, "image"),
         "hidden_size": img.width or cfg.width,
         "intermediate_size": int((img.width or cfg.width) * (img.mlp_ratio or cfg.mlp_ratio)),
         "num_attention_heads": img.heads or cfg.heads,
@@ -322,7 +342,7 @@ def to_hf(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     d = cfg.image.width or cfg.width
     for ours, hf in _TOWERS.items():
-        for i in range(cfg.depth):
+        for i in range(tower_depth(cfg, ours)):
             src, dst = f"encoder.layers.{i}.streams.{ours}.", f"{hf}.encoder.layers.{i}."
             for kind in ("weight", "bias"):
                 q, k, v = state[f"{src}attn.qkv.{kind}"].chunk(3, 0)
