@@ -133,6 +133,17 @@ def test_export_round_trip_loads_in_transformers(tmp_path):
     assert fast(TEXTS[3])["input_ids"] == tokens[0][mask[0]].tolist()
 
 
+def test_a_sharded_checkpoint_imports_the_same(tmp_path):
+    model = clip_dir(tmp_path / "hf")
+    clip_tokenizer(tmp_path / "sharded")
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    invoke("import", "hf-clip", tmp_path / "hf", "--out", tmp_path / "one")
+    invoke("import", "hf-clip", tmp_path / "sharded", "--out", tmp_path / "many")
+    one, many = load(tmp_path / "one").state_dict(), load(tmp_path / "many").state_dict()
+    assert one.keys() == many.keys() and all(torch.equal(one[k], many[k]) for k in one)
+
+
 def test_export_names_what_is_not_clip(tmp_path, monkeypatch, capsys):
     clip_dir(tmp_path / "hf")
     invoke("import", "hf-clip", tmp_path / "hf", "--out", tmp_path / "run")
