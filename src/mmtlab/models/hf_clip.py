@@ -76,10 +76,18 @@ def _config(path: Path) -> dict:
 
 def model_fields(path: str | Path) -> dict:
     """The ModelConfig (as a dict) of the CLIPModel at `path`; a HFError naming what our dual
-    encoder cannot represent (towers of different depths, another activation or LayerNorm eps). A
-    vision tower wider than the text tower (published CLIPs: 768 vs 512) is `model.image.width`."""
+    encoder cannot represent (another activation or LayerNorm eps in one tower). A vision tower
+    wider or deeper than the text tower (published CLIPs: 768 vs 512 wide) is `model.image.width`
+    and `model.layout_args.image_depth`."""
     path = Path(path)
     c = _config(path)
+    try:
+        return _fields(c)
+    except (TypeError, AttributeError, ZeroDivisionError) as e:
+        raise HFError(f"hf-clip: {path / 'config.json'} has values of unexpected types ({e})") from None
+
+
+def _fields(c: dict) -> dict:
     t, v = c.get("text_config") or {}, c.get("vision_config") or {}
     dims, vision = {}, {}
     for key, (default_t, default_v) in _DEFAULTS.items():
