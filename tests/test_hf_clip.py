@@ -239,6 +239,15 @@ def test_an_imported_clip_initialises_training(tmp_path, tiny_data):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
 
 
+def test_init_from_an_hf_directory_says_to_import_it(tmp_path, tiny_data, monkeypatch, capsys):
+    clip_dir(tmp_path / "hf")
+    cfg = tiny_run_config(tiny_data, steps=1)
+    cfg["train"]["init_from"] = str(tmp_path / "hf")
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(cfg))
+    code, err = cli_error(monkeypatch, capsys, "train", tmp_path / "ft.yaml", "--out", tmp_path / "ft")
+    assert code == 2 and "is a Hugging Face model directory, not a run; import it first" in err
+
+
 def test_clip_switches_belong_to_the_encoder_family():
     from mmtlab.config import RunConfig
 
