@@ -59,7 +59,7 @@ class Family:
     layout: str | None = None  # its own layout preset; None: any encoder layout
     objectives: frozenset[str] = field(default_factory=frozenset)  # the objectives it trains with
     generative: bool = False  # predicts next tokens (objective caption, data.task vqa)
-    fields: tuple[str, ...] = ()  # model fields only this family reads (an error elsewhere)
+    fields: tuple[str, ...] = ()  # model fields only this family reads (an error elsewhere; "text.causal": nested)
     complete: str | None = None  # "module:fn(cfg) -> cfg": config from other runs, before training
     load_pretrained: str | None = None  # "module:fn(model) -> int": frozen parts, before training
     evals: tuple[str, ...] = ()  # `mmtlab eval NAME` that apply (the contrastive ones need the head too)
@@ -87,6 +87,8 @@ FAMILIES: dict[str, Family] = {
         passes="encoder",
         data=_encoder_data,
         objectives=CONTRASTIVE | ENCODER_ONLY,
+        # CLIP's towers (models/hf_clip.py)
+        fields=("text.causal", "text.pool", "image.pre_norm", "image.width", "image.heads", "image.mlp_ratio"),
         evals=("retrieval", "mlm", "probe", "ablation"),
     ),
     "mammut": Family("mmtlab.models.mammut:MaMMUT", layout="mammut", **_DECODER),

@@ -1,7 +1,7 @@
-"""Command line: `mmtlab demo | data build | train | eval | ablate | caption | report | layout`.
+"""Command line: `mmtlab demo | data build | train | eval | ablate | caption | report | layout | import | export`.
 
 The app and its shared pieces are here; the commands are in data.py, run.py (train, demo, study,
-report, layout) and evaluate.py (eval, caption, ablate)."""
+report, layout), evaluate.py (eval, caption, ablate) and hub.py (import, export)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class UserError(Exception):
 
 
 # The commands, registered on `app` by importing their modules (after app, console, UserError exist).
-from mmtlab.cli import data, evaluate, run  # noqa: E402,F401
+from mmtlab.cli import data, evaluate, hub, run  # noqa: E402,F401
 
 
 def main() -> None:

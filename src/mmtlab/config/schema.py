@@ -13,9 +13,7 @@ from mmtlab.config.base import (
     MAX_ACCUM,
     MAX_BATCH,
     MAX_DEPTH,
-    MAX_PIXELS,
     MAX_SEED,
-    MAX_TOKENS,
     MAX_WIDTH,
     Strict,
 )
@@ -26,42 +24,8 @@ from mmtlab.config.objectives import (
     heads_for,
 )
 from mmtlab.config.sections import Data2VecConfig, FlamingoConfig, SpeechConfig
+from mmtlab.config.towers import ImageConfig, TextConfig
 from mmtlab.families import FAMILIES, FAMILY_LAYOUTS, family
-
-
-class ImageConfig(Strict):
-    size: int = Field(64, gt=0, le=MAX_PIXELS, description="input resolution in pixels (square)")
-    patch: int = Field(8, gt=0, le=MAX_PIXELS, description="ViT patch size in pixels")
-    channels: Literal[3] = Field(3, description="RGB: images are decoded to 3 channels")
-    input: Literal["patches", "regions"] = Field(
-        "patches", description="pixels cut into ViT patches, or toy-detector regions (data.regions)"
-    )
-    region_dim: int | None = Field(None, description="region feature size; filled in from the detector")
-    region_classes: int | None = Field(None, description="detector classes; filled in from the detector")
-    cpe: bool = Field(
-        False, description="cropped positional embeddings (RO-ViT, MaMMUT): train on a random crop of the grid"
-    )
-    cpe_scale: tuple[float, float] = Field((0.1, 1.0), description="CPE: range of the crop's area fraction")
-    cpe_ratio: tuple[float, float] = Field((0.5, 2.0), description="CPE: range of the crop's aspect ratio")
-
-    @model_validator(mode="after")
-    def _cpe_ranges(self):
-        lo, hi = self.cpe_scale
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(f"image.cpe_scale must satisfy 0 < low <= high <= 1, got {self.cpe_scale}")
-        if not 0 < self.cpe_ratio[0] <= self.cpe_ratio[1]:
-            raise ValueError(f"image.cpe_ratio must satisfy 0 < low <= high, got {self.cpe_ratio}")
-        return self
-
-
-class TextConfig(Strict):
-    max_len: int = Field(32, gt=1, le=MAX_TOKENS, description="captions are truncated to this many tokens")
-    vocab_size: int | None = Field(None, description="filled in from the tokenizer")
-    pad_id: int = 0
-    cls_id: int = 2
-    sep_id: int = 3
-    mask_id: int = 4
-
 
 OutputHead = Literal["contrastive", "mlm", "mrm", "itm"]
 
@@ -88,7 +52,9 @@ class ModelConfig(Strict):
     heads: int = Field(4, gt=0, le=MAX_WIDTH, description="attention heads")
     mlp_ratio: float = Field(4.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
-    gelu: Literal["exact", "tanh"] = Field("exact", description="the MLPs' GELU: exact (erf) or tanh (GPT-2's)")
+    gelu: Literal["exact", "tanh", "quick"] = Field(
+        "exact", description="the MLPs' GELU: exact (erf), tanh (GPT-2's) or quick, x * sigmoid(1.702 x) (CLIP's)"
+    )
     pool: Literal["cls", "mean"] = "cls"
     embed_dim: int = Field(128, gt=0, le=MAX_WIDTH, description="joint embedding size of the contrastive head")
     outputs: list[OutputHead] | None = Field(None, description="output heads; default: what the objectives need")
@@ -138,7 +104,10 @@ class ModelConfig(Strict):
             raise ValueError(f"layout {self.layout!r} needs arch: {owner}")
         for name in FAMILY_FIELDS:
             owners = [a for a, f in FAMILIES.items() if name in f.fields]
-            if getattr(self, name) is not None and name not in fam.fields:
+            value = self
+            for part in name.split("."):
+                value = getattr(value, part)
+            if value is not None and value is not False and name not in fam.fields:
                 raise ValueError(f"{name}: only used with model.arch {' or '.join(owners)}")
         if "flamingo" in fam.fields and self.flamingo is None:
             raise ValueError("flamingo: the section is required by model.arch: flamingo")
@@ -148,6 +117,18 @@ class ModelConfig(Strict):
     def _divisible(self):
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+        img = self.image
+        if (img.width or self.width) % (img.heads or self.heads):
+            raise ValueError(
+                f"image.width {img.width or self.width} must be divisible by image.heads {img.heads or self.heads}"
+            )
+        own = [f"image.{k}" for k in ("width", "heads", "mlp_ratio") if getattr(img, k) is not None]
+        if own and (
+            self.layout != "modality_specific" or self.layout_args.get("weights", "per_modality") != "per_modality"
+        ):
+            raise ValueError(
+                f"{own[0]}: an image tower of its own size needs layout modality_specific (per-modality weights)"
+            )
         if self.image.size % self.image.patch:
             raise ValueError(f"image.size {self.image.size} must be a multiple of image.patch {self.image.patch}")
         return self
@@ -168,7 +149,8 @@ class ModelConfig(Strict):
         return self
 
 
-# Model fields that only some families read (their sections, coca's caption_queries).
+# Model fields that only some families read (their sections, coca's caption_queries, the encoder's
+# CLIP switches); set (not None, not False) elsewhere they are errors.
 FAMILY_FIELDS = sorted({name for f in FAMILIES.values() for name in f.fields})
 
 
@@ -329,6 +311,8 @@ class RunConfig(Strict):
                     f"model.arch {arch} trains with: {', '.join(sorted(fam.objectives))}"
                 )
         needed = heads_for(self.objectives)
+        if self.model.image.width not in (None, self.model.width) and {"itm", "mrm"} & set(needed):
+            raise ValueError("model.image.width: the itm / mrm heads read both streams at one width (model.width)")
         if self.model.outputs is not None:
             missing = [h for h in needed if h not in self.model.outputs]
             if missing:

@@ -68,9 +68,11 @@ class TextTokenizer:
     def _pad(self, rows: list[list[int]]) -> tuple[Tensor, Tensor]:
         n = max(len(r) for r in rows)
         ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), n), dtype=torch.bool)
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        return ids, ids != self.pad_id
+            mask[i, : len(r)] = True  # by length: CLIP's end token is also its padding id
+        return ids, mask
 
     def decode(self, ids: list[int] | Tensor) -> str:
         if isinstance(ids, Tensor):

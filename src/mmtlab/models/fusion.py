@@ -96,19 +96,34 @@ def _gate(g: nn.Parameter | None) -> Tensor | float:
     return 1.0 if g is None else torch.tanh(g)
 
 
+# A stream's own (width, heads, MLP ratio), where it differs from the model's (CLIP's towers).
+Sizes = Mapping[str, tuple[int, int, float]]
+
+
 class FusionLayer(nn.Module):
     def __init__(
-        self, spec: LayerSpec, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, gelu: str = "exact"
+        self,
+        spec: LayerSpec,
+        dim: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        gelu: str = "exact",
+        sizes: Sizes | None = None,
     ):
         super().__init__()
         self.spec = spec
+        size = {**dict.fromkeys((*spec.updated, *spec.keyed), (dim, heads, mlp_ratio)), **(sizes or {})}
         if spec.weights == "shared":
             self.streams = nn.ModuleDict({"shared": Stream(spec, dim, heads, mlp_ratio, dropout, True, gelu)})
         else:
             owners = dict.fromkeys((*spec.updated, *spec.keyed))
             self.streams = nn.ModuleDict(
-                {m: Stream(spec, dim, heads, mlp_ratio, dropout, m in spec.updated, gelu) for m in owners}
+                {m: Stream(spec, size[m][0], size[m][1], size[m][2], dropout, m in spec.updated, gelu) for m in owners}
             )
+        mixed = [(q, k) for q, ks in spec.attend.items() for k in ks if q in size and size[q][:2] != size[k][:2]]
+        if sizes and (spec.weights == "shared" or spec.cross_attention or mixed):
+            raise ValueError(f"streams of their own width or heads ({dict(sizes)}) must never meet: {spec}")
         if spec.frozen:
             self.requires_grad_(False)
 
@@ -201,10 +216,11 @@ class FusionEncoder(nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
         gelu: str = "exact",
+        sizes: Sizes | None = None,
     ):
         super().__init__()
         self.specs = list(specs)
-        self.layers = nn.ModuleList(FusionLayer(s, dim, heads, mlp_ratio, dropout, gelu) for s in self.specs)
+        self.layers = nn.ModuleList(FusionLayer(s, dim, heads, mlp_ratio, dropout, gelu, sizes) for s in self.specs)
 
     def forward(
         self,
@@ -245,15 +261,22 @@ def merged(depth: int, weights: Weights = "shared") -> list[LayerSpec]:
 
 
 def modality_specific(
-    depth: int, weights: Weights = "per_modality", streams: tuple[str, ...] = (TEXT, IMAGE)
+    depth: int,
+    weights: Weights = "per_modality",
+    streams: tuple[str, ...] = (TEXT, IMAGE),
+    image_depth: int | None = None,
 ) -> list[LayerSpec]:
     """Dual encoder: each stream attends only to itself; no path between modalities.
 
     `streams` names the streams that get weights: ("image",) is a single-modality ViT, as data2vec
-    trains it; ("speech",) a speech transformer.
+    trains it; ("speech",) a speech transformer. `image_depth`: the image tower's own depth (CLIP
+    ViT-L/14: 24 layers, text 12); layer i holds the streams whose towers are deeper than i.
     """
-    attend = {m: (m,) for m in streams}
-    return [LayerSpec(attend=attend, weights=weights) for _ in range(depth)]
+    if image_depth is None or IMAGE not in streams:
+        attend = {m: (m,) for m in streams}
+        return [LayerSpec(attend=attend, weights=weights) for _ in range(depth)]
+    n = {m: image_depth if m == IMAGE else depth for m in streams}
+    return [LayerSpec(attend={m: (m,) for m in streams if i < n[m]}, weights=weights) for i in range(max(n.values()))]
 
 
 def asym_text_queries(depth: int, weights: Weights = "shared") -> list[LayerSpec]:

@@ -10,9 +10,15 @@ from torch import Tensor, nn
 
 
 def pool(x: Tensor, mask: Tensor | None, how: str) -> Tensor:
-    """'cls': first token; 'mean': mean over real (unpadded) tokens."""
+    """'cls': first token; 'mean': mean over real (unpadded) tokens; 'last': the last real token
+    (CLIP's end-of-text token, when the text is [start] ... [end] [pad]...)."""
     if how == "cls":
         return x[:, 0]
+    if how == "last":
+        if mask is None:
+            return x[:, -1]
+        last = mask.long().sum(1).sub(1).clamp_min(0)
+        return x[torch.arange(len(x), device=x.device), last]
     if mask is None:
         return x.mean(1)
     m = mask.to(x.dtype).unsqueeze(-1)
@@ -28,10 +34,17 @@ class ContrastiveHead(nn.Module):
 
     max_scale = 100.0
 
-    def __init__(self, dim: int, embed_dim: int, init_scale: float = 1 / 0.07, init_bias: float | None = None):
+    def __init__(
+        self,
+        dim: int,
+        embed_dim: int,
+        init_scale: float = 1 / 0.07,
+        init_bias: float | None = None,
+        image_dim: int | None = None,
+    ):
         super().__init__()
         self.text_proj = nn.Linear(dim, embed_dim, bias=False)
-        self.image_proj = nn.Linear(dim, embed_dim, bias=False)
+        self.image_proj = nn.Linear(image_dim or dim, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
         self.logit_bias = nn.Parameter(torch.tensor(float(init_bias))) if init_bias is not None else None
 

@@ -27,13 +27,17 @@ def merge_heads(x: Tensor) -> Tensor:
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0, gelu: str = "exact"):
         super().__init__()
-        self.approximate = {"exact": "none", "tanh": "tanh"}[gelu]  # tanh: GPT-2's "gelu_new"
+        # tanh: GPT-2's "gelu_new"; quick: CLIP's x * sigmoid(1.702 x) (approximate is then unused)
+        self.approximate = {"exact": "none", "tanh": "tanh", "quick": "none"}[gelu]
+        self.quick = gelu == "quick"
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.fc2(F.gelu(self.fc1(x), approximate=self.approximate)))
+        h = self.fc1(x)
+        h = h * torch.sigmoid(1.702 * h) if self.quick else F.gelu(h, approximate=self.approximate)
+        return self.dropout(self.fc2(h))
 
 
 class Attention(nn.Module):

@@ -6,6 +6,8 @@ is the layout (see fusion.py) and which output heads exist.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor, nn
 
@@ -26,20 +28,32 @@ class MultimodalTransformer(ModelBase):
         super().__init__()
         vocab = require_vocab(cfg)
         self.cfg = cfg
-        d = cfg.width
+        d, img = cfg.width, cfg.image
+        di = img.width or d  # the image tower's own width (CLIP's ViT), where given
         self.text_embed = TextEmbedding(vocab, d, cfg.text.max_len)
-        if cfg.image.input == "regions":
-            if cfg.image.region_dim is None:
+        if img.input == "regions":
+            if img.region_dim is None:
                 raise ValueError("model.image.region_dim is not set (it comes from the detector)")
-            self.image_embed = RegionEmbedding(cfg.image.region_dim, d)
+            self.image_embed = RegionEmbedding(img.region_dim, di)
         else:
-            self.image_embed = PatchEmbedding(cfg.image.size, cfg.image.patch, d, cfg.image.channels, cls_token=True)
+            self.image_embed = PatchEmbedding(img.size, img.patch, di, img.channels, cls_token=True)
+        # CLIP's ViT normalises its input tokens (`pre_layrnorm`); absent by default.
+        self.image_pre_norm = nn.LayerNorm(di) if img.pre_norm else None
         self.layout = build_layout(cfg.layout, cfg.depth, **cfg.layout_args)
-        self.encoder = FusionEncoder(self.layout, d, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.gelu)
-        self.norm = nn.ModuleDict({"text": nn.LayerNorm(d), "image": nn.LayerNorm(d)})
+        if cfg.text.causal:  # CLIP's text tower: every layer's text queries see only earlier text
+            self.layout = [replace(s, causal_text=True) for s in self.layout]
+        self.text_pool = cfg.text.pool or cfg.pool
+        own = (img.width, img.heads, img.mlp_ratio) != (None, None, None)
+        sizes = {"image": (di, img.heads or cfg.heads, img.mlp_ratio or cfg.mlp_ratio)} if own else None
+        self.encoder = FusionEncoder(self.layout, d, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.gelu, sizes)
+        self.norm = nn.ModuleDict({"text": nn.LayerNorm(d), "image": nn.LayerNorm(di)})
         outputs = cfg.outputs or []
+        if di != d and {"itm", "mrm"} & set(outputs):
+            raise ValueError(f"the itm / mrm heads read both streams at one width; model.image.width is {di}, not {d}")
         self.contrastive = (
-            ContrastiveHead(d, cfg.embed_dim, init_bias=cfg.logit_bias) if "contrastive" in outputs else None
+            ContrastiveHead(d, cfg.embed_dim, init_bias=cfg.logit_bias, image_dim=di)
+            if "contrastive" in outputs
+            else None
         )
         self.mlm = MLMHead(d, cfg.text.vocab_size) if "mlm" in outputs else None
         self.itm = ITMHead(d) if "itm" in outputs else None
@@ -67,7 +81,8 @@ class MultimodalTransformer(ModelBase):
             return self.image_embed(images)
         if self.cfg.image.input == "regions":
             raise ValueError("this model reads detector regions (model.image.input: regions), not pixels")
-        return self.image_embed(images, pos_box), None
+        x = self.image_embed(images, pos_box)
+        return (x if self.image_pre_norm is None else self.image_pre_norm(x)), None
 
     def forward(
         self,
@@ -108,7 +123,7 @@ class MultimodalTransformer(ModelBase):
         """L2-normalised text embeddings [B, E] (models with a contrastive head)."""
         self._require("contrastive")
         h = self(tokens=tokens, text_mask=mask)["text"]
-        return self.contrastive.embed_text(pool(h, mask, self.cfg.pool))
+        return self.contrastive.embed_text(pool(h, mask, self.text_pool))
 
     def score(self, images: Images, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         """Matching logits [B] for the pairs (images[i], tokens[i]).
@@ -128,7 +143,7 @@ class MultimodalTransformer(ModelBase):
     ) -> Tensor:
         """ITM logits [B] from final (normed) joint states of B pairs."""
         self._require("itm")
-        return self.itm(pool(text_states, text_mask, self.cfg.pool), pool(image_states, image_mask, self.cfg.pool))
+        return self.itm(pool(text_states, text_mask, self.text_pool), pool(image_states, image_mask, self.cfg.pool))
 
     # -- cross-encoder scoring of many pairs ---------------------------------------------------
 

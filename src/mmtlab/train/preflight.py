@@ -50,6 +50,11 @@ def check_paths(cfg: RunConfig) -> None:
     _is_file(d.regions.detector, "data.regions.detector")
     if cfg.train.init_from is not None:
         src = Path(cfg.train.init_from)
+        if (src / "config.json").is_file() and not (src / "config.yaml").exists():
+            raise ConfigError(
+                f"train.init_from: {src} is a Hugging Face model directory, not a run; import it first: "
+                f"mmtlab import hf-clip {src} --out RUN_DIR"
+            )
         is_ckpt = (src / "model.safetensors").is_file()
         if not is_ckpt and not checkpoint_dirs(src):
             raise ConfigError(
