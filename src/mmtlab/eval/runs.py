@@ -398,6 +398,35 @@ def eval_ablation(
     return result
 
 
+def eval_zeroshot(
+    run_dir: Path,
+    data: Path | None = None,
+    per_class: int = 4,
+    groups: int = 125,
+    group_size: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Object knowledge (eval/zeroshot.py): zero-shot classification of single-sprite images, seen
+    and held-out sprites, and background- and count-controlled retrieval -> eval/zeroshot.json."""
+    from mmtlab.eval.zeroshot import evaluate_zeroshot, run_vocabularies
+
+    run_dir = Path(run_dir)
+    model, cfg = load_run(run_dir, data)
+    if model.contrastive is None or cfg.model.image.input != "patches":
+        raise EvalError(f"{run_dir}: zero-shot evaluation needs a contrastive head on pixel inputs")
+    seen, heldout, source = run_vocabularies(cfg.data.root)
+    result = {
+        "vocabulary_from": source,
+        **evaluate_zeroshot(
+            model, model.tokenizer, seen, heldout, seed=seed, per_class=per_class, groups=groups,
+            group_size=group_size, image_size=cfg.model.image.size, batch_size=cfg.eval.batch_size, progress=progress,
+        ),
+    }  # fmt: skip
+    atomic_write_json(run_dir / "eval" / "zeroshot.json", result)
+    return result
+
+
 @contextmanager
 def entities_root(given: Path | None, default: Path, records):
     """The Flickr30k Entities root to read: `given`, else the dataset's export, else (a build made
@@ -436,4 +465,5 @@ EVALS: dict[str, Callable[..., dict]] = {
     "vqa": eval_vqa,
     "probe": eval_probe,
     "ablation": eval_ablation,
+    "zeroshot": eval_zeroshot,
 }
