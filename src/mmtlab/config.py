@@ -34,6 +34,11 @@ class ImageConfig(Strict):
     )
     region_dim: int | None = Field(None, description="region feature size; filled in from the detector")
     region_classes: int | None = Field(None, description="detector classes; filled in from the detector")
+    stem: Literal["linear", "conv"] = Field(
+        "linear",
+        description="patch embedding: linear (ViT patchify) or conv (Xiao et al. 2021: log2(patch) stride-2 3x3 "
+        "convs with BatchNorm+ReLU, then 1x1; patch must be a power of two)",
+    )
     cpe: bool = Field(
         False, description="cropped positional embeddings (RO-ViT, MaMMUT): train on a random crop of the grid"
     )
@@ -42,6 +47,8 @@ class ImageConfig(Strict):
 
     @model_validator(mode="after")
     def _cpe_ranges(self):
+        if self.stem == "conv" and self.patch & (self.patch - 1):
+            raise ValueError(f"image.stem conv needs a power-of-two image.patch, got {self.patch}")
         lo, hi = self.cpe_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"image.cpe_scale must satisfy 0 < low <= high <= 1, got {self.cpe_scale}")
@@ -361,6 +368,11 @@ class DataConfig(Strict):
     val_split: str = "val"
     test_split: str = "test"
     num_workers: int = Field(0, ge=0)
+    crop_scale: tuple[float, float] | None = Field(
+        None,
+        description="augmentation: random resized crop of each training image, area fraction in this range, "
+        "e.g. [0.6, 1.0] (no flips: they break left/right captions); null: none",
+    )
     max_train_pairs: int | None = Field(None, gt=0, description="use only the first N training pairs")
     regions: RegionsConfig = Field(default_factory=RegionsConfig, description="region inputs (model.image.input)")
 
@@ -393,6 +405,8 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _stream_fields(self):
+        if self.crop_scale is not None and not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
         if self.format == "webdataset" and self.max_train_pairs is not None:
             raise ValueError("data.max_train_pairs applies to format karpathy; a webdataset stream has no length")
         return self

@@ -165,7 +165,12 @@ def training_batches(
     elif isinstance(dataset, VQAPairs):
         collate = VQACollator(tokenizer)
     else:
-        collate = PairCollator(tokenizer, dataset.images.stack)
+        stack = dataset.images.stack
+        if cfg.data.crop_scale is not None and cfg.model.image.input == "patches":
+            from mmtlab.data.augment import cropping
+
+            stack = cropping(stack, cfg.data.crop_scale, cfg.seed)
+        collate = PairCollator(tokenizer, stack)
     return _sampled_batches(dataset, collate, cfg, cfg.seed, start_sample, rank, world)
 
 

@@ -86,7 +86,9 @@ class Data2Vec(nn.Module):
                 raise ValueError("model.text.vocab_size is not set (it comes from the tokenizer)")
             self.text_embed = TextEmbedding(cfg.text.vocab_size, d, cfg.text.max_len)
         if "image" in self.modalities:
-            self.image_embed = PatchEmbedding(cfg.image.size, cfg.image.patch, d, cfg.image.channels, cls_token=True)
+            self.image_embed = PatchEmbedding(
+                cfg.image.size, cfg.image.patch, d, cfg.image.channels, cls_token=True, stem=cfg.image.stem
+            )
         if "speech" in self.modalities:
             self.speech_embed = SpeechEmbedding(cfg.speech, d)
         # Text is masked with the tokenizer's [MASK] id; the other modalities get a learned vector.

@@ -35,7 +35,9 @@ class MultimodalTransformer(nn.Module):
                 raise ValueError("model.image.region_dim is not set (it comes from the detector)")
             self.image_embed = RegionEmbedding(cfg.image.region_dim, d)
         else:
-            self.image_embed = PatchEmbedding(cfg.image.size, cfg.image.patch, d, cfg.image.channels, cls_token=True)
+            self.image_embed = PatchEmbedding(
+                cfg.image.size, cfg.image.patch, d, cfg.image.channels, cls_token=True, stem=cfg.image.stem
+            )
         self.layout = build_layout(cfg.layout, cfg.depth, **cfg.layout_args)
         self.encoder = FusionEncoder(self.layout, d, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.gelu)
         self.norm = nn.ModuleDict({"text": nn.LayerNorm(d), "image": nn.LayerNorm(d)})
