@@ -46,3 +46,20 @@ def test_crop_scale_config():
     assert load_config({"data": {"crop_scale": [0.6, 1.0]}}).data.crop_scale == (0.6, 1.0)
     with pytest.raises(ConfigError, match="crop_scale"):
         load_config({"data": {"crop_scale": [0.0, 1.0]}})
+
+
+def test_grouped_sampler_makes_runs_of_one_background():
+    from mmtlab.data.grouped import GroupedSampler
+
+    keys = ["red"] * 37 + ["blue"] * 50 + ["green"] * 13
+    s = GroupedSampler(keys, 8, seed=0)
+    perm = s.permutation(0)
+    assert sorted(perm.tolist()) == list(range(100))  # a permutation
+    full = (37 // 8 + 50 // 8 + 13 // 8) * 8
+    runs = perm[:full].view(-1, 8).tolist()
+    assert all(len({keys[i] for i in run}) == 1 for run in runs)
+    assert not torch.equal(perm, s.permutation(1)) and torch.equal(perm, GroupedSampler(keys, 8, 0).permutation(0))
+    # Resume: a sampler started at sample 40 continues the same stream.
+    it, resumed = iter(s), iter(GroupedSampler(keys, 8, 0, start=40))
+    stream = [next(it) for _ in range(140)]
+    assert [next(resumed) for _ in range(100)] == stream[40:]

@@ -368,6 +368,12 @@ class DataConfig(Strict):
     val_split: str = "val"
     test_split: str = "test"
     num_workers: int = Field(0, ge=0)
+    background_runs: int | None = Field(
+        None,
+        gt=0,
+        description="hard negatives: batches made of runs of N pairs whose images share the background "
+        "colour (data/grouped.py), so within a run only the objects tell captions apart; null: random batches",
+    )
     crop_scale: tuple[float, float] | None = Field(
         None,
         description="augmentation: random resized crop of each training image, area fraction in this range, "
