@@ -1,7 +1,7 @@
 """Evaluations of a run directory by name: what `mmtlab eval NAME` and a study's `evals:` call.
 
 Each writes RUN_DIR/eval/<name>.json and returns its metrics. The runners live with their layer:
-eval/runs.py (retrieval, mlm, caption, vqa, probe, fewshot), diagnostics/runs.py (the cross-modal
+eval/runs.py (retrieval, mlm, caption, vqa, probe, fewshot, zeroshot), diagnostics/runs.py (the cross-modal
 ablation); VQA may first fine-tune the run (train/finetune.py), which is why the registry sits
 above all three. A family lists the names that apply to it (mmtlab/families.py: `evals`).
 """
@@ -43,4 +43,5 @@ EVALS: dict[str, Callable[..., dict]] = {
     "probe": runs.eval_probe,
     "fewshot": runs.eval_fewshot,
     "ablation": eval_ablation,
+    "zeroshot": runs.eval_zeroshot,
 }

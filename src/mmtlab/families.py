@@ -77,7 +77,7 @@ _DECODER = dict(
     passes="decoder",
     objectives=CONTRASTIVE | {"caption"},
     generative=True,
-    evals=("retrieval", "caption", "vqa"),
+    evals=("retrieval", "zeroshot", "caption", "vqa"),
 )
 
 FAMILIES: dict[str, Family] = {
@@ -89,7 +89,7 @@ FAMILIES: dict[str, Family] = {
         objectives=CONTRASTIVE | ENCODER_ONLY,
         # CLIP's towers (models/hf_clip.py)
         fields=("text.causal", "text.pool", "image.pre_norm", "image.width", "image.heads", "image.mlp_ratio"),
-        evals=("retrieval", "mlm", "probe", "ablation"),
+        evals=("retrieval", "zeroshot", "mlm", "probe", "ablation"),
     ),
     "mammut": Family("mmtlab.models.mammut:MaMMUT", layout="mammut", **_DECODER),
     "coca": Family("mmtlab.models.coca:CoCa", layout="coca", fields=("caption_queries",), **_DECODER),

@@ -272,6 +272,58 @@ def eval_probe(
     console.print(f"wrote {run_dir / 'eval' / 'probe.json'}")
 
 
+@eval_app.command("zeroshot")
+def eval_zeroshot(
+    run_dir: Annotated[Path, typer.Argument(help="a trained run with a contrastive head (dual, ITC, MaMMUT, CoCa)")],
+    data: Annotated[Path | None, typer.Option(help="read the vocabularies from another emoji-scenes build")] = None,
+    per_class: Annotated[int, typer.Option(help="single-sprite test images per sprite")] = 4,
+    groups: Annotated[int, typer.Option(help="controlled retrieval: groups of scenes")] = 125,
+    group_size: Annotated[int, typer.Option(help="controlled retrieval: scenes per group (chance = 1/N)")] = 8,
+    seed: Annotated[int, typer.Option(help="seed of the generated test images")] = 0,
+):
+    """Does the model know the objects? -> RUN_DIR/eval/zeroshot.json.
+
+    Zero-shot classification (CLIP-style): single sprites on random backgrounds, classified by the
+    nearest sprite name, each name the average of several prompt templates ("a picture of a cat.",
+    ...); top-1/top-5 for sprites seen in pretraining and held-out sprites, next to chance.
+
+    Controlled retrieval: groups of scenes with the same background and sprite count; each caption
+    ranks its group's images, so only the objects can tell them apart (chance = 1/group size).
+    The test images are generated on the fly from --seed and never appear in training."""
+    from mmtlab.eval.runs import eval_zeroshot as run_zeroshot
+
+    if min(per_class, groups) < 1 or group_size < 2:
+        raise UserError("--per-class and --groups must be >= 1, --group-size >= 2")
+    r = run_zeroshot(run_dir, data, per_class, groups, group_size, seed)
+    c = r["classification"]
+    table = Table(title=f"zero-shot classification of single sprites, {c['n_classes']} class names, % ({run_dir})")
+    for col in ("sprites", "images", "candidates", "top-1", "chance", "top-5", "chance "):
+        table.add_column(col, justify="right")
+    for name, label in (("seen", "seen"), ("heldout", "held-out")):
+        for suffix, among in (("", "all names"), ("_within", f"{label} names")):
+            m = c.get(name + suffix)
+            if m:
+                table.add_row(
+                    label, str(m["n_images"]), f"{among} ({m['n_classes']})", f"{m['top1']:.1f}",
+                    f"{m['chance_top1']:.2f}", f"{m['top5']:.1f}", f"{m['chance_top5']:.2f}",
+                )  # fmt: skip
+    console.print(table)
+    k = r["controlled"]
+    table = Table(title=f"controlled retrieval: {k['groups']} groups x {k['group_size']}, same background and count")
+    for col in ("sprites per scene", "images", "t2i R@1", "i2t R@1", "chance"):
+        table.add_column(col, justify="right")
+    for n, m in k["by_count"].items():
+        table.add_row(n, str(m["n_images"]), f"{m['t2i_r1']:.1f}", f"{m['i2t_r1']:.1f}", f"{m['chance_r1']:.1f}")
+    table.add_row("all", str(k["groups"] * k["group_size"]), f"{k['t2i_r1']:.1f}", f"{k['i2t_r1']:.1f}",
+                  f"{k['chance_r1']:.1f}")  # fmt: skip
+    console.print(table)
+    console.print(
+        f"the same captions against all {k['groups'] * k['group_size']} images: t2i R@1 "
+        f"{k['uncontrolled_t2i_r1']:.1f} (chance {k['uncontrolled_chance_r1']:.2f})"
+    )
+    console.print(f"wrote {run_dir / 'eval' / 'zeroshot.json'}")
+
+
 @app.command()
 def ablate(
     run_dir: Annotated[Path, typer.Argument(help="a trained run with an MLM and/or a masked-region (mrm_*) head")],

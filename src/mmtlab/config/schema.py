@@ -189,6 +189,17 @@ class DataConfig(Strict):
     val_split: str = "val"
     test_split: str = "test"
     num_workers: int = Field(0, ge=0, le=256)
+    background_runs: int | None = Field(
+        None,
+        gt=0,
+        description="hard negatives: batches made of runs of N pairs whose images share the background "
+        "colour (data/grouped.py), so within a run only the objects tell captions apart; null: random batches",
+    )
+    crop_scale: tuple[float, float] | None = Field(
+        None,
+        description="augmentation: random resized crop of each training image, area fraction in this range, "
+        "e.g. [0.6, 1.0] (no flips: they break left/right captions); null: none",
+    )
     max_train_pairs: int | None = Field(None, gt=0, description="use only the first N training pairs")
     regions: RegionsConfig = Field(default_factory=RegionsConfig, description="region inputs (model.image.input)")
 
@@ -221,6 +232,8 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _stream_fields(self):
+        if self.crop_scale is not None and not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
         if self.format == "webdataset" and self.max_train_pairs is not None:
             raise ValueError("data.max_train_pairs applies to format karpathy; a webdataset stream has no length")
         return self

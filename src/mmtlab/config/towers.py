@@ -18,6 +18,11 @@ class ImageConfig(Strict):
     )
     region_dim: int | None = Field(None, description="region feature size; filled in from the detector")
     region_classes: int | None = Field(None, description="detector classes; filled in from the detector")
+    stem: Literal["linear", "conv"] = Field(
+        "linear",
+        description="patch embedding: linear (ViT patchify) or conv (Xiao et al. 2021: log2(patch) stride-2 3x3 "
+        "convs with BatchNorm+ReLU, then 1x1; patch must be a power of two)",
+    )
     cpe: bool = Field(
         False, description="cropped positional embeddings (RO-ViT, MaMMUT): train on a random crop of the grid"
     )
@@ -30,6 +35,8 @@ class ImageConfig(Strict):
 
     @model_validator(mode="after")
     def _cpe_ranges(self):
+        if self.stem == "conv" and self.patch & (self.patch - 1):
+            raise ValueError(f"image.stem conv needs a power-of-two image.patch, got {self.patch}")
         lo, hi = self.cpe_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"image.cpe_scale must satisfy 0 < low <= high <= 1, got {self.cpe_scale}")

@@ -154,17 +154,31 @@ def training_batches(
     elif isinstance(dataset, VQAPairs):
         collate = VQACollator(tokenizer)
     else:
-        collate = PairCollator(tokenizer, dataset.images.stack)
+        stack = dataset.images.stack
+        if cfg.data.crop_scale is not None and cfg.model.image.input == "patches":
+            from mmtlab.data.augment import cropping
+
+            stack = cropping(stack, cfg.data.crop_scale, cfg.seed)
+        collate = PairCollator(tokenizer, stack)
+        if cfg.data.background_runs:
+            from mmtlab.data.grouped import GroupedSampler, background_keys
+
+            sampler = GroupedSampler(
+                background_keys(dataset), cfg.data.background_runs, cfg.seed, start_sample, rank, world
+            )
+            return _sampled_batches(dataset, collate, cfg, cfg.seed, start_sample, rank, world, sampler)
     return _sampled_batches(dataset, collate, cfg, cfg.seed, start_sample, rank, world)
 
 
-def _sampled_batches(dataset, collate, cfg: RunConfig, seed: int, start: int, rank: int, world: int) -> Iterator:
+def _sampled_batches(
+    dataset, collate, cfg: RunConfig, seed: int, start: int, rank: int, world: int, sampler=None
+) -> Iterator:
     """Endless micro-batches of an indexable dataset through a resumable, rank-sharded sampler."""
     workers = cfg.data.num_workers
     loader = DataLoader(
         dataset,
         batch_size=cfg.train.batch_size // world,
-        sampler=ResumableSampler(len(dataset), seed, start=start, rank=rank, world=world),
+        sampler=sampler or ResumableSampler(len(dataset), seed, start=start, rank=rank, world=world),
         collate_fn=collate,
         num_workers=workers,
         drop_last=True,

@@ -315,3 +315,34 @@ def eval_probe(
     result = {"split": split, **probes}
     atomic_write_json(run_dir / "eval" / "probe.json", result)
     return result
+
+
+def eval_zeroshot(
+    run_dir: Path,
+    data: Path | None = None,
+    per_class: int = 4,
+    groups: int = 125,
+    group_size: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Object knowledge (eval/zeroshot.py): zero-shot classification of single-sprite images, seen
+    and held-out sprites, and background- and count-controlled retrieval -> eval/zeroshot.json."""
+    from mmtlab.eval.zeroshot import evaluate_zeroshot, run_vocabularies
+
+    run_dir = Path(run_dir)
+    model, cfg = load_run(run_dir, data)
+    require_eval(cfg, "zeroshot", run_dir)
+    at_least_one(per_class=per_class, groups=groups)
+    if model.contrastive is None or cfg.model.image.input != "patches":
+        raise EvalError(f"{run_dir}: zero-shot evaluation needs a contrastive head on pixel inputs")
+    seen, heldout, source = run_vocabularies(cfg.data.root)
+    result = {
+        "vocabulary_from": source,
+        **evaluate_zeroshot(
+            model, model.tokenizer, seen, heldout, seed=seed, per_class=per_class, groups=groups,
+            group_size=group_size, image_size=cfg.model.image.size, batch_size=cfg.eval.batch_size, progress=progress,
+        ),
+    }  # fmt: skip
+    atomic_write_json(run_dir / "eval" / "zeroshot.json", result)
+    return result

@@ -85,7 +85,9 @@ class Data2Vec(ModelBase):
         if "text" in self.modalities:
             self.text_embed = TextEmbedding(require_vocab(cfg), d, cfg.text.max_len)
         if "image" in self.modalities:
-            self.image_embed = PatchEmbedding(cfg.image.size, cfg.image.patch, d, cfg.image.channels, cls_token=True)
+            self.image_embed = PatchEmbedding(
+                cfg.image.size, cfg.image.patch, d, cfg.image.channels, cls_token=True, stem=cfg.image.stem
+            )
         if "speech" in self.modalities:
             self.speech_embed = SpeechEmbedding(cfg.speech, d)
         # Text is masked with the tokenizer's [MASK] id; the other modalities get a learned vector.

@@ -43,7 +43,12 @@ class ImageTextDecoder(ModelBase):
         d = cfg.width
         self.text_embed = TextEmbedding(vocab, d, cfg.text.max_len)
         self.image_embed = PatchEmbedding(
-            cfg.image.size, cfg.image.patch, d, cfg.image.channels, cls_token=self.image_cls_token(cfg)
+            cfg.image.size,
+            cfg.image.patch,
+            d,
+            cfg.image.channels,
+            cls_token=self.image_cls_token(cfg),
+            stem=cfg.image.stem,
         )
         self.layout = build_layout(cfg.layout, cfg.depth, **cfg.layout_args)
         self.encoder = FusionEncoder(self.layout, d, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.gelu)

@@ -46,7 +46,7 @@ class VisionEncoder(nn.Module):
                 f"got layout {cfg.layout!r} with {cfg.image.input} inputs"
             )
         self.image_embed = PatchEmbedding(
-            cfg.image.size, cfg.image.patch, cfg.width, cfg.image.channels, cls_token=True
+            cfg.image.size, cfg.image.patch, cfg.width, cfg.image.channels, cls_token=True, stem=cfg.image.stem
         )
         self.encoder = FusionEncoder(
             modality_specific(cfg.depth, streams=("image",)), cfg.width, cfg.heads, cfg.mlp_ratio, gelu=cfg.gelu

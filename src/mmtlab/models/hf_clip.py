@@ -276,6 +276,8 @@ def export_problems(cfg: ModelConfig, layout) -> list[str]:
         problems.append("images are not pooled at the class token (model.pool: cls)")
     if not cfg.image.pre_norm:
         problems.append("no LayerNorm before the image encoder (model.image.pre_norm: true)")
+    if cfg.image.stem != "linear":
+        problems.append(f"the patch embedding is a {cfg.image.stem} stem, CLIP's is one linear patchify")
     if cfg.logit_bias is not None:
         problems.append("a logit bias (sigmoid loss); CLIP has none")
     if cfg.text.sep_id == 2:

@@ -36,7 +36,7 @@ class MultimodalTransformer(ModelBase):
                 raise ValueError("model.image.region_dim is not set (it comes from the detector)")
             self.image_embed = RegionEmbedding(img.region_dim, di)
         else:
-            self.image_embed = PatchEmbedding(img.size, img.patch, di, img.channels, cls_token=True)
+            self.image_embed = PatchEmbedding(img.size, img.patch, di, img.channels, cls_token=True, stem=img.stem)
         # CLIP's ViT normalises its input tokens (`pre_layrnorm`); absent by default.
         self.image_pre_norm = nn.LayerNorm(di) if img.pre_norm else None
         self.layout = build_layout(cfg.layout, cfg.depth, **cfg.layout_args)

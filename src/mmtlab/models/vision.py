@@ -60,14 +60,45 @@ def random_crop_boxes(
     return torch.stack([y0, x0, y0 + h, x0 + w], dim=1)
 
 
+def conv_stem(channels: int, dim: int, patch_size: int) -> nn.Sequential:
+    """The convolutional stem of Xiao et al. 2021 ("Early convolutions help transformers see better",
+    Sec. 3): log2(patch) 3x3 stride-2 convs with BatchNorm and ReLU, channels doubling up to dim/2,
+    then a 1x1 conv to `dim`: the same [B, dim, H/p, W/p] output as the linear patchify it replaces."""
+    n = patch_size.bit_length() - 1
+    if patch_size < 2 or 1 << n != patch_size:
+        raise ValueError(f"a conv stem needs a power-of-two patch size, got {patch_size}")
+    layers: list[nn.Module] = []
+    c_in = channels
+    for i in range(n):
+        c_out = max(16, dim >> (n - i))
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+        c_in = c_out
+    layers.append(nn.Conv2d(c_in, dim, kernel_size=1))
+    return nn.Sequential(*layers)
+
+
 class PatchEmbedding(nn.Module):
-    def __init__(self, image_size: int, patch_size: int, dim: int, channels: int = 3, cls_token: bool = True):
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        dim: int,
+        channels: int = 3,
+        cls_token: bool = True,
+        stem: str = "linear",
+    ):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image size {image_size} is not a multiple of patch size {patch_size}")
         self.patch_size = patch_size
         self.grid = image_size // patch_size
-        self.proj = nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)
+        # "linear": one patch_size x patch_size stride-p conv (ViT's patchify); "conv": conv_stem.
+        if stem == "conv":
+            self.proj = conv_stem(channels, dim, patch_size)
+        elif stem == "linear":
+            self.proj = nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)
+        else:
+            raise ValueError(f"image stem {stem!r}: choose linear or conv")
         self.pos = nn.Parameter(torch.randn(dim, self.grid, self.grid) * 0.02)
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02) if cls_token else None
 
