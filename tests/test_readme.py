@@ -18,7 +18,7 @@ def test_the_readme_python_example_runs(tiny_data, tmp_path, monkeypatch):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_run_config(tiny_data, steps=2)))
     invoke("train", tmp_path / "c.yaml", "--out", tmp_path / "runs" / "demo")
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "emoji-scenes").symlink_to(tiny_data)
+    (tmp_path / "data" / "emoji-scenes-demo").symlink_to(tiny_data)
     (tmp_path / "configs").symlink_to(Path(__file__).parent.parent / "src" / "mmtlab" / "configs")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
