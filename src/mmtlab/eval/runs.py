@@ -401,7 +401,7 @@ def eval_ablation(
 def eval_zeroshot(
     run_dir: Path,
     data: Path | None = None,
-    per_class: int = 4,
+    per_class: int | None = None,
     groups: int = 125,
     group_size: int = 8,
     seed: int = 0,
