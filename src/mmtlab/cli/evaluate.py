@@ -276,7 +276,9 @@ def eval_probe(
 def eval_zeroshot(
     run_dir: Annotated[Path, typer.Argument(help="a trained run with a contrastive head (dual, ITC, MaMMUT, CoCa)")],
     data: Annotated[Path | None, typer.Option(help="read the vocabularies from another emoji-scenes build")] = None,
-    per_class: Annotated[int, typer.Option(help="single-sprite test images per sprite")] = 4,
+    per_class: Annotated[
+        int | None, typer.Option(help="single-sprite test images per sprite (default: 4, or enough for 1,000)")
+    ] = None,
     groups: Annotated[int, typer.Option(help="controlled retrieval: groups of scenes")] = 125,
     group_size: Annotated[int, typer.Option(help="controlled retrieval: scenes per group (chance = 1/N)")] = 8,
     seed: Annotated[int, typer.Option(help="seed of the generated test images")] = 0,
@@ -292,7 +294,7 @@ def eval_zeroshot(
     The test images are generated on the fly from --seed and never appear in training."""
     from mmtlab.eval.runs import eval_zeroshot as run_zeroshot
 
-    if min(per_class, groups) < 1 or group_size < 2:
+    if min(per_class or 1, groups) < 1 or group_size < 2:
         raise UserError("--per-class and --groups must be >= 1, --group-size >= 2")
     r = run_zeroshot(run_dir, data, per_class, groups, group_size, seed)
     c = r["classification"]

@@ -320,7 +320,7 @@ def eval_probe(
 def eval_zeroshot(
     run_dir: Path,
     data: Path | None = None,
-    per_class: int = 4,
+    per_class: int | None = None,
     groups: int = 125,
     group_size: int = 8,
     seed: int = 0,

@@ -47,6 +47,9 @@ TEMPLATES = (
     "{} emoji",
 )
 
+MIN_PER_CLASS = 4  # single-sprite images per class at least, and enough for MIN_IMAGES per subset
+MIN_IMAGES = 1000  # a small vocabulary gets more images per sprite, so its accuracy is not noisier
+
 EncodeImages = Callable[[Tensor], Tensor]  # float [B, 3, H, W] in [-1, 1] -> [B, E]
 EncodeTexts = Callable[[list[str]], Tensor]  # captions -> [B, E]
 
@@ -152,7 +155,7 @@ def zero_shot_classification(
     heldout: Sequence[int],
     *,
     seed: int = 0,
-    per_class: int = 4,
+    per_class: int | None = None,
     image_size: int = 64,
     templates: Sequence[str] = TEMPLATES,
     batch_size: int = 256,
@@ -163,11 +166,13 @@ def zero_shot_classification(
     classes = sorted(set(seen) | set(heldout))
     column = {c: j for j, c in enumerate(classes)}
     class_emb = class_embeddings(encode_texts, [atlas.names[c] for c in classes], templates, batch_size)
-    out: dict = {"templates": list(templates), "per_class": per_class, "n_classes": len(classes)}
+    out: dict = {"templates": list(templates), "n_classes": len(classes)}
     for name, ids in (("seen", seen), ("heldout", heldout)):
         if not ids:
             continue
-        items = [(c, k) for c in ids for k in range(per_class)]
+        k_per_class = per_class or max(MIN_PER_CLASS, -(-MIN_IMAGES // len(ids)))
+        out[f"{name}_per_class"] = k_per_class
+        items = [(c, k) for c in ids for k in range(k_per_class)]
         images = [
             single_sprite(seed, c, k, image_size=image_size, atlas=atlas).image
             for c, k in track(items, f"rendering {name} single sprites", enabled=progress)
@@ -223,7 +228,7 @@ def evaluate_zeroshot(
     heldout: Sequence[int],
     *,
     seed: int = 0,
-    per_class: int = 4,
+    per_class: int | None = None,
     groups: int = 125,
     group_size: int = 8,
     image_size: int = 64,
