@@ -413,8 +413,11 @@ def eval_zeroshot(
 
     run_dir = Path(run_dir)
     model, cfg = load_run(run_dir, data)
-    if model.contrastive is None or cfg.model.image.input != "patches":
-        raise EvalError(f"{run_dir}: zero-shot evaluation needs a contrastive head on pixel inputs")
+    if getattr(model, "contrastive", None) is None or cfg.model.image.input != "patches":
+        raise EvalError(
+            f"{run_dir}: zero-shot evaluation needs a contrastive head on pixels (model.arch {cfg.model.arch!r}); "
+            "a data2vec run is evaluated after contrastive training initialised from it (train.init_from)"
+        )
     seen, heldout, source = run_vocabularies(cfg.data.root)
     result = {
         "vocabulary_from": source,
