@@ -75,6 +75,15 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise RunFileError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())[:200]})") from None
 
 
+def shape_mismatches(weights: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> list[str]:
+    """ "name (checkpoint shape) vs (model shape)" for every shared name whose shapes differ."""
+    return [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in weights.items()
+        if k in own and v.shape != own[k].shape
+    ]
+
+
 def load_model_weights(ckpt: Path, model: nn.Module, strict: bool = True) -> None:
     """A checkpoint's weights into `model`: names and shapes must match, and every value must be
     finite (NaN weights would evaluate silently to chance)."""
@@ -86,11 +95,7 @@ def load_model_weights(ckpt: Path, model: nn.Module, strict: bool = True) -> Non
         raise RunFileError(
             f"{ckpt}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
-    shapes = [
-        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in weights.items()
-        if k in own and v.shape != own[k].shape
-    ]
+    shapes = shape_mismatches(weights, own)
     if shapes:
         raise RunFileError(f"{ckpt}: tensors of other shapes than the model's: {'; '.join(shapes[:3])}")
     bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]

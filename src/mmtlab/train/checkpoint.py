@@ -25,7 +25,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmtlab.io import atomic_write_json, honour_umask_tree
-from mmtlab.rundir import RunFileError, checkpoint_dirs, latest_checkpoint, load_model_weights, run_weights
+from mmtlab.rundir import (
+    RunFileError,
+    checkpoint_dirs,
+    latest_checkpoint,
+    load_model_weights,
+    run_weights,
+    shape_mismatches,
+)
 
 
 class CheckpointError(RuntimeError):
@@ -184,11 +191,7 @@ def init_from(source: str | Path, model: nn.Module) -> int:
     for k, v in weights.items():
         if k.endswith("image_embed.pos") and k in own and v.dim() == 3 and v.shape[0] == own[k].shape[0]:
             weights[k] = sample_pos_grid(v, tuple(own[k].shape[1:]), None) if v.shape != own[k].shape else v
-    bad = [
-        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in weights.items()
-        if k in own and v.shape != own[k].shape
-    ]
+    bad = shape_mismatches(weights, own)
     if bad:
         raise RunFileError(f"train.init_from: {ckpt} has tensors of other shapes: {'; '.join(bad[:5])}")
     matched = {k: v for k, v in weights.items() if k in own}
