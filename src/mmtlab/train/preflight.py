@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from mmtlab.config import ConfigError, RunConfig, dump_config, load_config, resolve
+from mmtlab.config import ConfigError, RunConfig, load_config, resolve
 from mmtlab.data.sources import annotation_file, image_root
 from mmtlab.families import family_of
 from mmtlab.models.fusion import PRESETS, build_layout
@@ -90,7 +90,7 @@ def resume_config(given: RunConfig, run_dir: Path) -> RunConfig:
         ours = given
     t, i = stored.model.text, stored.model.image
     ours = resolve(ours, tokenizer=t, image_features=(i.region_dim, i.region_classes) if i.region_dim else None)
-    a, b = _flat(dump_config(ours)), _flat(dump_config(stored))
+    a, b = _flat(ours.model_dump(mode="json")), _flat(stored.model_dump(mode="json"))
     diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in HOW_TO_RUN]
     if diff:
         shown = "; ".join(f"{k}: {a.get(k)!r} (run: {b.get(k)!r})" for k in diff[:4])
@@ -118,20 +118,11 @@ HOW_TO_RUN = (
 )
 
 
-def _flat(text: str) -> dict:
-    import yaml
-
-    out: dict = {}
-
-    def walk(node, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        else:
-            out[prefix.rstrip(".")] = node
-
-    walk(yaml.safe_load(text), "")
-    return out
+def _flat(node, prefix: str = "") -> dict:
+    """A nested dict as {"a.b.c": value}."""
+    if not isinstance(node, dict):
+        return {prefix.rstrip("."): node}
+    return {k: v for key, child in node.items() for k, v in _flat(child, f"{prefix}{key}.").items()}
 
 
 def preflight(cfg: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
