@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import invoke, tiny_run_config
+from conftest import cli_error, invoke, tiny_run_config
 
 from mmtlab.data.emoji_scenes.english import with_article
 from mmtlab.data.emoji_scenes.palette import COLOR_NAMES, COLORS
@@ -159,7 +159,7 @@ def test_a_model_given_the_answer_scores_100():
     assert ctl["t2i_r1"] == 100.0 and ctl["i2t_r1"] == 100.0 and ctl["chance_r1"] == pytest.approx(20.0)
 
 
-def test_eval_zeroshot_cli_on_a_trained_run(tiny_data, tmp_path):
+def test_eval_zeroshot_cli_on_a_trained_run(tiny_data, tmp_path, monkeypatch, capsys):
     cfg = tmp_path / "dual.yaml"
     cfg.write_text(yaml.safe_dump(tiny_run_config(tiny_data, steps=2)))
     run = tmp_path / "run"
@@ -173,3 +173,6 @@ def test_eval_zeroshot_cli_on_a_trained_run(tiny_data, tmp_path):
     assert c["heldout"]["n_images"] == len(meta["heldout_vocabulary"]["ids"])
     assert 0 <= r["seen_top1"] <= 100 and r["controlled_chance_r1"] == pytest.approx(25.0)
     assert r["controlled"]["groups"] == 3
+    # a one-image group has no distractor: a clear error (checked once, in the runner), not chance
+    code, err = cli_error(monkeypatch, capsys, "eval", "zeroshot", run, "--group-size", "1")
+    assert code != 0 and "--group-size must be a whole number >= 2" in err

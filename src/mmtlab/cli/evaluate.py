@@ -294,8 +294,6 @@ def eval_zeroshot(
     The test images are generated on the fly from --seed and never appear in training."""
     from mmtlab.eval.runs import eval_zeroshot as run_zeroshot
 
-    if min(per_class or 1, groups) < 1 or group_size < 2:
-        raise UserError("--per-class and --groups must be >= 1, --group-size >= 2")
     r = run_zeroshot(run_dir, data, per_class, groups, group_size, seed)
     c = r["classification"]
     table = Table(title=f"zero-shot classification of single sprites, {c['n_classes']} class names, % ({run_dir})")

@@ -334,6 +334,8 @@ def eval_zeroshot(
     model, cfg = load_run(run_dir, data)
     require_eval(cfg, "zeroshot", run_dir)
     at_least_one(per_class=per_class, groups=groups)
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+        raise EvalError(f"--group-size must be a whole number >= 2 (a group needs a distractor), got {group_size!r}")
     if model.contrastive is None or cfg.model.image.input != "patches":
         raise EvalError(f"{run_dir}: zero-shot evaluation needs a contrastive head on pixel inputs")
     seen, heldout, source = run_vocabularies(cfg.data.root)
