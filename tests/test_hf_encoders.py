@@ -249,3 +249,10 @@ def test_block_switches_belong_to_the_encoder_family():
         RunConfig.model_validate({"model": {"arch": "lm", "text": {"embed_norm": True}}, "objectives": {"caption": 1}})
     with pytest.raises(ValueError, match="norm_eps"):
         RunConfig.model_validate({"model": {"norm_eps": 0}})
+
+
+def test_a_bert_shaped_model_is_not_exported_as_clip(tmp_path, monkeypatch, capsys):
+    bert_dir(tmp_path / "hf")
+    invoke("import", "hf-bert", tmp_path / "hf", "--out", tmp_path / "run", "--layout", "modality_specific")
+    code, err = cli_error(monkeypatch, capsys, "export", tmp_path / "run", "--format", "hf-clip", tmp_path / "out")
+    assert code == 2 and "BERT-style LayerNorms" in err

@@ -285,6 +285,8 @@ def export_problems(cfg: ModelConfig, layout) -> list[str]:
         problems.append(f"the patch embedding is a {cfg.image.stem} stem, CLIP's is one linear patchify")
     if cfg.logit_bias is not None:
         problems.append("a logit bias (sigmoid loss); CLIP has none")
+    if cfg.post_norm or cfg.text.embed_norm or cfg.norm_eps not in (None, 1e-5):
+        problems.append("BERT-style LayerNorms (model.post_norm, text.embed_norm or norm_eps); CLIP's are pre-LN, 1e-5")
     if cfg.text.sep_id == 2:
         problems.append("the end token has id 2, which transformers' CLIP pools by argmax instead")
     return problems

@@ -1,7 +1,7 @@
 """The encoder model: embeddings -> fusion encoder (a LayerSpec list) -> heads.
 
 One class serves dual encoders, single-stream, asymmetric and co-attention models; what differs
-is the layout (see fusion.py) and which output heads exist.
+is the layout (see layouts.py) and which output heads exist.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ class MultimodalTransformer(ModelBase):
 
     @property
     def unimodal_layers(self) -> int:
-        """Leading encoder layers whose outputs do not depend on the pairing (fusion.unimodal_prefix)."""
+        """Leading encoder layers whose outputs do not depend on the pairing (layouts.unimodal_prefix)."""
         return unimodal_prefix(self.layout)
 
     def encode_unpaired(
