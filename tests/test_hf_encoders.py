@@ -256,3 +256,30 @@ def test_a_bert_shaped_model_is_not_exported_as_clip(tmp_path, monkeypatch, caps
     invoke("import", "hf-bert", tmp_path / "hf", "--out", tmp_path / "run", "--layout", "modality_specific")
     code, err = cli_error(monkeypatch, capsys, "export", tmp_path / "run", "--format", "hf-clip", tmp_path / "out")
     assert code == 2 and "BERT-style LayerNorms" in err
+
+
+@pytest.mark.parametrize("fmt", ["hf-bert", "hf-vilt"])
+def test_a_masked_lm_checkpoint_brings_its_head(tmp_path, fmt):
+    """BertForMaskedLM / ViltForMaskedLM: the base model's tensors under "bert." / "vilt.", and the
+    masked-LM head, which is ours (its decoder tied to the word embeddings, as in transformers)."""
+    write_vocab(tmp_path / "hf")
+    torch.manual_seed(4)
+    if fmt == "hf-bert":
+        config = transformers.BertConfig(vocab_size=len(VOCAB), max_position_embeddings=40, **TINY)
+        theirs = perturbed(transformers.BertForMaskedLM(config))
+    else:
+        config = transformers.ViltConfig(
+            vocab_size=len(VOCAB), max_position_embeddings=40, image_size=32, patch_size=8, **TINY
+        )
+        theirs = perturbed(transformers.ViltForMaskedLM(config))
+    theirs.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    invoke("import", fmt, tmp_path / "hf", "--out", tmp_path / "run")
+    ours = load(tmp_path / "run")
+    tokens, mask = tokens_of(tmp_path / "run")
+    x = images()
+    with torch.no_grad():
+        inputs = {"input_ids": tokens, "attention_mask": mask.long()}
+        want = theirs(**inputs, **({} if fmt == "hf-bert" else {"pixel_values": x})).logits
+        got = ours.mlm_logits(ours(tokens=tokens, text_mask=mask, images=None if fmt == "hf-bert" else x)["text"])
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-5)
+    assert "mlm.dense.weight" in json.loads((tmp_path / "run" / "imported.json").read_text())["tensors"]

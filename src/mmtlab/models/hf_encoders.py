@@ -22,8 +22,10 @@ Tensors are renamed and folded, exactly or up to float rounding:
 - the processor's pixel mean / std (ViT's and ViLT's default 0.5 / 0.5 is our [-1, 1] already) is
   folded into the patch convolution, as for CLIP (models/hf_clip.py);
 - the pooler (dense + tanh on the first token) is the ITM head's pooler of that stream
-  (`itm.text_pool` for BERT and ViLT, `itm.image_pool` for ViT); the ITM classifier and the MLM
-  head start random (BertModel and ViltModel have no heads).
+  (`itm.text_pool` for BERT and ViLT, `itm.image_pool` for ViT); the ITM classifier starts random;
+- the masked-LM head of a BertForMaskedLM / BertForPreTraining / ViltForMaskedLM checkpoint
+  (dense, GELU, LayerNorm, a decoder tied to the word embeddings, a bias) is our MLM head; a
+  BertModel or ViltModel has none, and ours then starts random.
 
 ViLT samples patches when an image has more than `max_image_length` of them, and interpolates its
 position grid (bilinearly) to images of other sizes: the import takes configs that never sample
@@ -167,11 +169,16 @@ def _fields(c: dict, fmt: Format, layout: str) -> dict:
 
 
 def _base_model(raw: dict[str, Tensor], fmt: Format) -> dict[str, Tensor]:
-    """The base model's tensors of a task model's checkpoint (BertForMaskedLM's under "bert.")."""
+    """The base model's tensors of a task model's checkpoint (BertForMaskedLM's under "bert."),
+    with its masked-LM head's under "mlm_head." (BERT's cls.predictions, ViLT's mlm_score)."""
     prefix = fmt.model_type + "."
+    head = {"mlm_head." + k[len(h) :]: v for k, v in raw.items() for h in _MLM_HEADS if k.startswith(h)}
     if "embeddings.position_embeddings" in raw or "embeddings.position_embeddings.weight" in raw:
         return raw
-    return {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
+    return {**{k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}, **head}
+
+
+_MLM_HEADS = ("cls.predictions.", "mlm_score.")  # BertFor{MaskedLM,PreTraining}'s, ViltForMaskedLM's
 
 
 def weights(path: str | Path, fmt: Format, cfg: ModelConfig, layout: list[LayerSpec]) -> dict[str, Tensor]:
@@ -207,6 +214,7 @@ def _weights(raw: dict, path: Path, fmt: Format, cfg: ModelConfig, layout: list[
             raw["pooler.dense.weight"],
             raw["pooler.dense.bias"],
         )
+    out.update(_mlm_head(raw, fmt, cfg))
     if fmt.model_type == "bert":
         out.update(_text(raw, "embeddings."))
         return out
@@ -218,6 +226,25 @@ def _weights(raw: dict, path: Path, fmt: Format, cfg: ModelConfig, layout: list[
         out.update(_text(raw, "embeddings.text_embeddings."))
         out["text_embed.norm.bias"] = out["text_embed.norm.bias"] + modality[0]
     return out
+
+
+def _mlm_head(raw: dict[str, Tensor], fmt: Format, cfg: ModelConfig) -> dict[str, Tensor]:
+    """The masked-LM head's tensors, if the checkpoint has one our MLM head computes: exact GELU
+    and a decoder tied to the word embeddings (transformers saves a tied one only as the bias)."""
+    if "mlm_head.transform.dense.weight" not in raw or cfg.gelu != "exact":
+        return {}
+    words = raw["embeddings.text_embeddings.word_embeddings.weight" if fmt.model_type == "vilt" else
+                "embeddings.word_embeddings.weight"]  # fmt: skip
+    decoder = raw.get("mlm_head.decoder.weight")
+    if decoder is not None and not torch.equal(decoder, words):
+        raise HFError(f"{fmt.name}: the masked-LM decoder is not tied to the word embeddings (ours is)")
+    return {
+        "mlm.dense.weight": raw["mlm_head.transform.dense.weight"],
+        "mlm.dense.bias": raw["mlm_head.transform.dense.bias"],
+        "mlm.norm.weight": raw["mlm_head.transform.LayerNorm.weight"],
+        "mlm.norm.bias": raw["mlm_head.transform.LayerNorm.bias"],
+        "mlm.bias": raw["mlm_head.bias"] if "mlm_head.bias" in raw else raw["mlm_head.decoder.bias"],
+    }
 
 
 def _text(raw: dict[str, Tensor], e: str) -> dict[str, Tensor]:

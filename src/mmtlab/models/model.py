@@ -60,7 +60,7 @@ class MultimodalTransformer(ModelBase):
             if "contrastive" in outputs
             else None
         )
-        self.mlm = MLMHead(d, cfg.text.vocab_size) if "mlm" in outputs else None
+        self.mlm = MLMHead(d, cfg.text.vocab_size, eps) if "mlm" in outputs else None
         self.itm = ITMHead(d) if "itm" in outputs else None
         self.mrm = None
         if "mrm" in outputs:
