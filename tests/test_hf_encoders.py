@@ -119,12 +119,16 @@ def test_bert_vocabulary_tokenises_as_transformers(tmp_path, tokenizer_json):
     assert (cfg["cls_id"], cfg["sep_id"], cfg["vocab_size"]) == (16, 17, len(VOCAB))
 
 
-@pytest.mark.parametrize("stats", [None, ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))])
-def test_imported_vit_gives_transformers_states(tmp_path, stats):
+@pytest.mark.parametrize(
+    "stats,layout",
+    [(None, "modality_specific"), (((0.5, 0.4, 0.3), (0.2, 0.25, 0.3)), "modality_specific"), (None, "merged")],
+)
+def test_imported_vit_gives_transformers_states(tmp_path, stats, layout):
     pre = None if stats is None else {"image_mean": list(stats[0]), "image_std": list(stats[1])}
     theirs = vit_dir(tmp_path / "hf", preprocessor=pre)
     write_vocab(tmp_path / "vocab")
-    invoke("import", "hf-vit", tmp_path / "hf", "--out", tmp_path / "run", "--tokenizer", tmp_path / "vocab")
+    out = tmp_path / "run"
+    invoke("import", "hf-vit", tmp_path / "hf", "--out", out, "--tokenizer", tmp_path / "vocab", "--layout", layout)
     ours = load(tmp_path / "run")
     x = images()
     mean, std = (torch.tensor(s)[None, :, None, None] for s in (stats or ((0.5,) * 3, (0.5,) * 3)))
@@ -134,7 +138,7 @@ def test_imported_vit_gives_transformers_states(tmp_path, stats):
         got = ours(images=x)["image"]
         torch.testing.assert_close(got, want.last_hidden_state, atol=ATOL, rtol=1e-5)
         torch.testing.assert_close(pooled(ours.itm.image_pool, got), want.pooler_output, atol=ATOL, rtol=1e-5)
-    assert ours.cfg.layout == "modality_specific" and not ours.cfg.post_norm and ours.cfg.norm_eps == 1e-12
+    assert ours.cfg.layout == layout and not ours.cfg.post_norm and ours.cfg.norm_eps == 1e-12
 
 
 def vilt_outputs(model, tokens, mask, pixels, seed=0):

@@ -149,7 +149,6 @@ def import_encoder(fmt_name: str, src: Path, out: Path, layout: str | None, toke
     return cfg
 
 
-Layout = Annotated[str | None, typer.Option(help="layout the layers go into (default: the format's first)")]
 TokenizerPath = Annotated[Path | None, typer.Option(help="tokenizer.json, vocab.txt or a directory with one")]
 
 
@@ -168,7 +167,9 @@ def _import_command(fmt: str, src: Path, out: Path, layout: str | None, tokenize
 def import_hf_bert(
     src: Annotated[Path, typer.Argument(help="a BertModel's save_pretrained directory (safetensors, vocab.txt)")],
     out: Annotated[Path, typer.Option(help="run directory to write")],
-    layout: Layout = None,
+    layout: Annotated[
+        str | None, typer.Option(help="merged (default), modality_specific, asym_text_queries or asym_image_queries")
+    ] = None,
     tokenizer: TokenizerPath = None,
 ):
     """A local BertModel as a run: its layers are the text stream's (layout merged: every layer's
@@ -181,7 +182,9 @@ def import_hf_vit(
     src: Annotated[Path, typer.Argument(help="a ViTModel's save_pretrained directory (safetensors)")],
     out: Annotated[Path, typer.Option(help="run directory to write")],
     tokenizer: Annotated[Path | None, typer.Option(help="the vocabulary of the run's (random) text side")] = None,
-    layout: Layout = None,
+    layout: Annotated[
+        str | None, typer.Option(help="modality_specific (default), merged, asym_text_queries or asym_image_queries")
+    ] = None,
 ):
     """A local ViTModel as a run: its layers are the image stream's (default: a dual encoder's image tower)."""
     _import_command("hf-vit", src, out, layout, tokenizer)
