@@ -227,6 +227,9 @@ def test_imports_name_what_does_not_fit(tmp_path, monkeypatch, capsys):
     assert "describes a 'bert' model, not 'vit'" in error("hf-vit", tmp_path / "bert", "--tokenizer", tmp_path / "bert")
     assert "a ViT has no vocabulary; give the run's with --tokenizer" in error("hf-vit", tmp_path / "vit")
     assert "max_image_length 8 samples patches" in error("hf-vilt", tmp_path / "vilt")
+    vit_config = json.loads((tmp_path / "vit" / "config.json").read_text())
+    (tmp_path / "vit" / "config.json").write_text(json.dumps({**vit_config, "pooler_act": "relu"}))
+    assert "a pooler other than dense + tanh" in error("hf-vit", tmp_path / "vit", "--tokenizer", tmp_path / "bert")
     assert "layout 'coattention' (supported: merged, modality_specific" in error(
         "hf-bert", tmp_path / "bert", "--layout", "coattention"
     )

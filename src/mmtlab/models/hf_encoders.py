@@ -132,6 +132,8 @@ def _fields(c: dict, fmt: Format, layout: str) -> dict:
     if c.get("position_embedding_type", "absolute") != "absolute":
         raise HFError(f"{fmt.name}: position_embedding_type {c['position_embedding_type']!r} (only absolute)")
     width, hidden = c.get("hidden_size", 768), c.get("intermediate_size", 3072)
+    if (c.get("pooler_act") or "tanh") != "tanh" or (c.get("pooler_output_size") or width) != width:
+        raise HFError(f"{fmt.name}: a pooler other than dense + tanh at the model's width (ITM's pooler is one)")
     if int(width * (hidden / width)) != hidden:
         raise HFError(f"{fmt.name}: intermediate_size {hidden} is not representable as a ratio of width {width}")
     fields: dict = {
@@ -168,6 +170,9 @@ def _fields(c: dict, fmt: Format, layout: str) -> dict:
     return fields
 
 
+_MLM_HEADS = ("cls.predictions.", "mlm_score.")  # BertFor{MaskedLM,PreTraining}'s, ViltForMaskedLM's
+
+
 def _base_model(raw: dict[str, Tensor], fmt: Format) -> dict[str, Tensor]:
     """The base model's tensors of a task model's checkpoint (BertForMaskedLM's under "bert."),
     with its masked-LM head's under "mlm_head." (BERT's cls.predictions, ViLT's mlm_score)."""
@@ -176,9 +181,6 @@ def _base_model(raw: dict[str, Tensor], fmt: Format) -> dict[str, Tensor]:
     if "embeddings.position_embeddings" in raw or "embeddings.position_embeddings.weight" in raw:
         return raw
     return {**{k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}, **head}
-
-
-_MLM_HEADS = ("cls.predictions.", "mlm_score.")  # BertFor{MaskedLM,PreTraining}'s, ViltForMaskedLM's
 
 
 def weights(path: str | Path, fmt: Format, cfg: ModelConfig, layout: list[LayerSpec]) -> dict[str, Tensor]:
