@@ -87,8 +87,18 @@ FAMILIES: dict[str, Family] = {
         passes="encoder",
         data=_encoder_data,
         objectives=CONTRASTIVE | ENCODER_ONLY,
-        # CLIP's towers (models/hf_clip.py)
-        fields=("text.causal", "text.pool", "image.pre_norm", "image.width", "image.heads", "image.mlp_ratio"),
+        # CLIP's towers (models/hf_clip.py); BERT's and Hugging Face ViT's / ViLT's blocks (models/hf_bert.py)
+        fields=(
+            "text.causal",
+            "text.pool",
+            "image.pre_norm",
+            "image.width",
+            "image.heads",
+            "image.mlp_ratio",
+            "norm_eps",
+            "post_norm",
+            "text.embed_norm",
+        ),
         evals=("retrieval", "zeroshot", "mlm", "probe", "ablation"),
     ),
     "mammut": Family("mmtlab.models.mammut:MaMMUT", layout="mammut", **_DECODER),

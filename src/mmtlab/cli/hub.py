@@ -1,4 +1,4 @@
-"""`mmtlab import hf-clip DIR --out RUN` and `mmtlab export RUN --format hf-clip DIR`.
+"""`mmtlab import hf-clip|hf-bert|hf-vit|hf-vilt DIR --out RUN` and `mmtlab export RUN --format hf-clip DIR`.
 
 An import writes a run directory (config.yaml, tokenizer.json, checkpoints/step_00000000), so
 every evaluation, `mmtlab.load` and `train.init_from` work on a published CLIP as on our runs. An
@@ -47,27 +47,37 @@ def import_clip(src: Path, out: Path) -> RunConfig:
             f"hf-clip: {tok_file} has {tok.vocab_size} tokens but the model's vocab_size is "
             f"{fields['text']['vocab_size']}"
         )
-    try:
-        cfg = RunConfig.model_validate({"model": fields, "objectives": {"contrastive": 1.0}})
-    except ValidationError as e:
-        raise ConfigError(f"hf-clip: {src} does not fit a run config: {format_validation_error(e)}") from None
-    cfg = resolve(cfg, tokenizer=tok)
-    cfg.tokenizer.path = None
+    cfg = _run_config(src, "hf-clip", fields, {"contrastive": 1.0}, tok)
     model = build_model(cfg)
     try:
         model.load_state_dict(weights(src, cfg.model), strict=True)
     except RuntimeError as e:
         raise HFError(f"hf-clip: {src} does not fit the model: {' '.join(str(e).split())[:300]}") from None
+    _write_run(out, cfg, model, tok_file.read_text(), {"format": "hf-clip", "source": str(src.resolve())})
+    return cfg
+
+
+def _run_config(src: Path, fmt: str, fields: dict, objectives: dict, tok) -> RunConfig:
+    try:
+        cfg = RunConfig.model_validate({"model": fields, "objectives": objectives})
+    except ValidationError as e:
+        raise ConfigError(f"{fmt}: {src} does not fit a run config: {format_validation_error(e)}") from None
+    cfg = resolve(cfg, tokenizer=tok)
+    cfg.tokenizer.path = None
+    return cfg
+
+
+def _write_run(out: Path, cfg: RunConfig, model, tokenizer_json: str, imported: dict) -> None:
+    """config.yaml, tokenizer.json, checkpoints/step_00000000 and imported.json (what came from where)."""
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(tok_file, out / "tokenizer.json")
+    atomic_write_text(out / "tokenizer.json", tokenizer_json)
     atomic_write_text(out / "config.yaml", dump_config(cfg))
     tmp = out / "checkpoints" / ".tmp_step_00000000"
     tmp.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     os.replace(tmp, out / "checkpoints" / "step_00000000")
-    atomic_write_json(out / "imported.json", {"format": "hf-clip", "source": str(src.resolve())})
-    return cfg
+    atomic_write_json(out / "imported.json", imported)
 
 
 @import_app.command("hf-clip")
@@ -84,6 +94,110 @@ def import_hf_clip(
         f"text {m.text.max_len} tokens; evaluate with `mmtlab eval retrieval {out}`",
         highlight=False,
     )
+
+
+def hf_tokenizer(path: Path, max_len: int, fmt: str):
+    """A BERT-style tokenizer from a tokenizer.json, a vocab.txt or a directory holding either
+    (tokenizer.json first); returns it and the tokenizer.json text the run keeps."""
+    from mmtlab.data.tokenizer import TextTokenizer, load_tokenizer, wordpiece_from_vocab
+
+    if path.is_dir():
+        path = path / "tokenizer.json" if (path / "tokenizer.json").is_file() else path / "vocab.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{fmt}: no tokenizer at {path} (a tokenizer.json or BERT's vocab.txt)")
+    if path.suffix == ".json":
+        tok = load_tokenizer(path, max_len)
+    else:
+        settings = path.parent / "tokenizer_config.json"
+        try:
+            lower = json.loads(settings.read_text()).get("do_lower_case", True) if settings.is_file() else True
+            tok = TextTokenizer(wordpiece_from_vocab(path, lowercase=bool(lower)), max_len)
+        except (ValueError, UnicodeDecodeError, AttributeError) as e:
+            raise UserError(f"{fmt}: {path}: {' '.join(str(e).split())[:200]}") from None
+    return tok, tok.tok.to_str(pretty=True)
+
+
+def import_encoder(fmt_name: str, src: Path, out: Path, layout: str | None, tokenizer: Path | None) -> RunConfig:
+    """A run directory at `out` holding the BERT / ViT / ViLT model of `src` (models/hf_encoders.py);
+    imported.json lists the tensors that came from it (what `train.init_from` copies)."""
+    from mmtlab.models import build_model
+    from mmtlab.models.hf_clip import HFError
+    from mmtlab.models.hf_encoders import FORMATS, model_fields, weights
+
+    fmt = FORMATS[fmt_name]
+    fields = model_fields(src, fmt, layout)
+    if tokenizer is None and fmt.stream == "image":
+        raise UserError(
+            f"{fmt_name}: a ViT has no vocabulary; give the run's with --tokenizer (tokenizer.json or vocab.txt)"
+        )
+    tok, tok_json = hf_tokenizer(tokenizer or src, fields["text"].get("max_len", 32), fmt_name)
+    vocab = fields["text"].get("vocab_size")
+    if vocab is not None and tok.vocab_size != vocab:
+        raise HFError(f"{fmt_name}: the tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {vocab}")
+    objectives = {"contrastive": 1.0, "itm": 1.0} if fmt.stream == "image" else {"mlm": 1.0, "itm": 1.0}
+    cfg = _run_config(src, fmt_name, fields, objectives, tok)
+    model = build_model(cfg)
+    state = weights(src, fmt, cfg.model, model.layout)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise HFError(f"{fmt_name}: {src} does not fit the model: {' '.join(str(e).split())[:300]}") from None
+    if unexpected:  # weights() names only tensors of the model it was given
+        raise HFError(f"{fmt_name}: tensors {unexpected[:4]} are not this model's")
+    imported = {"format": fmt_name, "source": str(src.resolve()), "tensors": sorted(state)}
+    _write_run(out, cfg, model, tok_json, imported)
+    return cfg
+
+
+TokenizerPath = Annotated[Path | None, typer.Option(help="tokenizer.json, vocab.txt or a directory with one")]
+
+
+def _import_command(fmt: str, src: Path, out: Path, layout: str | None, tokenizer: Path | None) -> None:
+    _fresh(out, "--out")
+    cfg = import_encoder(fmt, src, out, layout, tokenizer)
+    m = cfg.model
+    console.print(
+        f"imported {src} as {out}: layout {m.layout}, width {m.width}, depth {m.depth}; start a run from it with "
+        f"train.init_from={out} and its model section",
+        highlight=False,
+    )
+
+
+@import_app.command("hf-bert")
+def import_hf_bert(
+    src: Annotated[Path, typer.Argument(help="a BertModel's save_pretrained directory (safetensors, vocab.txt)")],
+    out: Annotated[Path, typer.Option(help="run directory to write")],
+    layout: Annotated[
+        str | None, typer.Option(help="merged (default), modality_specific, asym_text_queries or asym_image_queries")
+    ] = None,
+    tokenizer: TokenizerPath = None,
+):
+    """A local BertModel as a run: its layers are the text stream's (layout merged: every layer's
+    shared weights; modality_specific: a dual encoder's text tower)."""
+    _import_command("hf-bert", src, out, layout, tokenizer)
+
+
+@import_app.command("hf-vit")
+def import_hf_vit(
+    src: Annotated[Path, typer.Argument(help="a ViTModel's save_pretrained directory (safetensors)")],
+    out: Annotated[Path, typer.Option(help="run directory to write")],
+    tokenizer: Annotated[Path | None, typer.Option(help="the vocabulary of the run's (random) text side")] = None,
+    layout: Annotated[
+        str | None, typer.Option(help="modality_specific (default), merged, asym_text_queries or asym_image_queries")
+    ] = None,
+):
+    """A local ViTModel as a run: its layers are the image stream's (default: a dual encoder's image tower)."""
+    _import_command("hf-vit", src, out, layout, tokenizer)
+
+
+@import_app.command("hf-vilt")
+def import_hf_vilt(
+    src: Annotated[Path, typer.Argument(help="a ViltModel's save_pretrained directory (safetensors, vocab.txt)")],
+    out: Annotated[Path, typer.Option(help="run directory to write")],
+    tokenizer: TokenizerPath = None,
+):
+    """A local ViltModel as a run: a single-stream (merged) encoder over text tokens and patches."""
+    _import_command("hf-vilt", src, out, None, tokenizer)
 
 
 def _metrics(run: Path) -> list[tuple[str, str, str]]:

@@ -56,6 +56,12 @@ class ModelConfig(Strict):
         "exact", description="the MLPs' GELU: exact (erf), tanh (GPT-2's) or quick, x * sigmoid(1.702 x) (CLIP's)"
     )
     pool: Literal["cls", "mean"] = "cls"
+    norm_eps: float | None = Field(
+        None, gt=0, lt=1, description="the LayerNorms' epsilon (BERT, Hugging Face ViT / ViLT: 1e-12); null: 1e-5"
+    )
+    post_norm: bool = Field(
+        False, description="post-LN blocks: LayerNorm after each residual sum, no final LayerNorm (BERT)"
+    )
     embed_dim: int = Field(128, gt=0, le=MAX_WIDTH, description="joint embedding size of the contrastive head")
     outputs: list[OutputHead] | None = Field(None, description="output heads; default: what the objectives need")
     image: ImageConfig = Field(default_factory=ImageConfig)

@@ -53,6 +53,7 @@ class TextConfig(Strict):
     sep_id: int = 3
     mask_id: int = 4
     causal: bool = Field(False, description="text queries see only earlier text tokens (CLIP's text tower)")
+    embed_norm: bool = Field(False, description="a LayerNorm on the token + position embeddings (BERT, ViLT)")
     pool: Literal["cls", "mean", "last"] | None = Field(
         None, description="text pooling: first token, mean, or the last real token (CLIP's end token); null: model.pool"
     )

@@ -157,6 +157,31 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
     return tok
 
 
+def wordpiece_from_vocab(path: str | Path, lowercase: bool = True) -> Tokenizer:
+    """BERT's tokenizer from its vocab.txt (one token a line, the line number its id), as
+    transformers' BertTokenizerFast builds it: BERT normalisation (lower-casing and accent
+    stripping if `lowercase`), BERT pre-tokenisation, WordPiece, [CLS] ... [SEP]."""
+    lines = Path(path).read_text(encoding="utf-8").split("\n")  # not splitlines: tokens may hold \x1c, \u2028
+    vocab: dict[str, int] = {}
+    for i, line in enumerate(lines[:-1] if lines[-1] == "" else lines):
+        vocab[line.rstrip("\r")] = i  # as transformers: a repeated token keeps its last id
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        raise ValueError(f"{path} lacks BERT's special tokens {missing}")
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    cls, sep = vocab["[CLS]"], vocab["[SEP]"]
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return tok
+
+
 def load_tokenizer(path: str | Path, max_len: int = 32) -> TextTokenizer:
     path = Path(path)
     if path.is_dir():

@@ -5,7 +5,7 @@ A joint forward per pair is what makes cross-encoders slow; VOLTA's evaluation r
 caption x image batch and recomputes everything each time. Here everything that does not depend on
 the pairing is computed once: the text and image embeddings and the unimodal prefix layers of the
 layout (all layers of a dual encoder, the first k of mixed(k), the single-stream layers of
-co-attention and LXMERT; see fusion.unimodal_prefix). Only the remaining layers run per pair, in
+co-attention and LXMERT; see layouts.unimodal_prefix). Only the remaining layers run per pair, in
 large batches, with caption padding trimmed to the longest caption of each batch.
 
 Pairs are scored through one function of the *set* of pairs (canonical order, fixed chunking), so

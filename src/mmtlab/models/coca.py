@@ -1,7 +1,7 @@
 """CoCa (Yu et al. 2022, "CoCa: Contrastive Captioners are Image-Text Foundation Models").
 
 A ViT, causal unimodal text layers and multimodal layers that cross-attend to the image (layout:
-`fusion.coca`). One text pass serves both losses: the unimodal states give the text embedding (at
+`layouts.coca`). One text pass serves both losses: the unimodal states give the text embedding (at
 the last real token, which has seen the whole caption; CoCa appends a [CLS] there, CLIP pools its
 EOT token), and the multimodal layers continue from the same states to caption. The image side is
 attention-pooled (CoCa's attentional poolers, as in open_clip): one learned query gives the

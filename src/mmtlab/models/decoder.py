@@ -2,7 +2,7 @@
 contrastive pass and a generative (captioning) pass.
 
 MaMMUT, CoCa and a dual encoder + captioner share everything here; a family only says which layer
-groups of its layout (fusion.py presets) each pass runs and how:
+groups of its layout (layouts.py presets) each pass runs and how:
 
     family           contrastive pass                          generative pass
     mammut           "text" layers, bidirectional, no x-attn   the same "text" layers, causal, x-attn on

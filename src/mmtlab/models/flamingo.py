@@ -2,7 +2,7 @@
 
     images -> frozen vision encoder -> perceiver resampler (models/perceiver.py) -> media tokens
     text with <image> markers -> frozen causal LM whose layers are interleaved with GATED
-    XATTN-DENSE blocks (layout `fusion.flamingo`) that cross-attend to the media tokens
+    XATTN-DENSE blocks (layout `layouts.flamingo`) that cross-attend to the media tokens
 
 Frozen: the vision encoder (the image tower of an mmtlab contrastive dual encoder), the LM's
 token/position embeddings, layers and final norm (an mmtlab `lm` run, or a local Hugging Face

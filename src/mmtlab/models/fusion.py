@@ -4,92 +4,73 @@ A model's attention layout is a list of `LayerSpec`. Each layer holds a dict of 
 (`{"text": [B, Lt, D], "image": [B, Li, D]}`); `attend` says which streams a query stream sees
 as keys. Streams a layer does not name pass through it unchanged, and a stream missing from the
 input (a text-only forward) is simply skipped, so `encode_text` of a dual encoder runs the same
-layers as the joint forward. The presets at the bottom are the published layouts; to change a
-model's layout, change its preset (or write a new one) here and nowhere else.
+layers as the joint forward. The published layouts are presets in layouts.py.
+
+Blocks are pre-LN (a LayerNorm before each sub-layer; GPT-2, ViT, CLIP, ViLT) unless `post_norm`
+(BERT: the LayerNorm after each residual sum, `model.post_norm`); `eps` is the LayerNorms'
+epsilon (BERT and Hugging Face's ViT / ViLT: 1e-12, `model.norm_eps`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
 from mmtlab.models.layers import MLP, Attention, CrossAttention, KVCache, key_mask
+from mmtlab.models.layouts import PRESETS, LayerSpec, build_layout, modality_specific, unimodal_prefix
 
-Weights = Literal["shared", "per_modality"]
-CrossAttn = Literal["plain", "gated_tanh"]
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """One layer: an attention sub-layer, an optional cross-attention sub-layer, then an FFN.
-
-    attend          query stream -> key streams it attends to, in one softmax over their
-                    concatenation. Empty: no self-attention sub-layer (Flamingo's gated layers).
-    weights         "shared": one set of Q/K/V/O/FFN/norm weights for all streams (single-stream
-                    BERTs); "per_modality": one set per stream, and each stream's keys and values
-                    are projected with its own weights (ViLBERT, dual encoders).
-    causal_text     text queries see only earlier text keys (other streams stay fully visible).
-    cross_attention text queries attend to the image stream in an extra sub-layer with its own
-                    weights (decoders). "gated_tanh" scales that sub-layer's and the FFN's residual
-                    by tanh(gate), gates starting at 0, so the layer is the identity at init.
-    ffn             whether the layer ends with an MLP on the streams it updated.
-    frozen          parameters are not trained (gradients still flow through to the inputs).
-    group           the part of the model the layer belongs to ("vision", "text", "unimodal" ...):
-                    decoder families run groups of layers as passes (models/decoder.py).
-    """
-
-    attend: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    weights: Weights = "shared"
-    causal_text: bool = False
-    cross_attention: CrossAttn | None = None
-    ffn: bool = True
-    frozen: bool = False
-    group: str = ""
-
-    def __post_init__(self):
-        if self.weights not in ("shared", "per_modality"):
-            raise ValueError(f"LayerSpec.weights must be 'shared' or 'per_modality', got {self.weights!r}")
-        if self.cross_attention not in (None, "plain", "gated_tanh"):
-            raise ValueError(
-                f"LayerSpec.cross_attention must be None, 'plain' or 'gated_tanh', got {self.cross_attention!r}"
-            )
-        object.__setattr__(self, "attend", {q: tuple(ks) for q, ks in self.attend.items()})
-
-    @property
-    def updated(self) -> tuple[str, ...]:
-        """Streams whose state this layer changes."""
-        extra = ("text",) if self.cross_attention and "text" not in self.attend else ()
-        return tuple(self.attend) + extra
-
-    @property
-    def keyed(self) -> tuple[str, ...]:
-        """Streams whose keys/values the self-attention sub-layer reads."""
-        return tuple(dict.fromkeys(k for ks in self.attend.values() for k in ks))
+# The layouts live in layouts.py; these names are read from here too.
+__all__ = [
+    "PRESETS",
+    "FusionEncoder",
+    "FusionLayer",
+    "LayerSpec",
+    "build_layout",
+    "modality_specific",
+    "unimodal_prefix",
+]
 
 
 class Stream(nn.Module):
-    """One set of sub-layer weights (pre-LN): used by one stream, or shared by all."""
+    """One set of sub-layer weights: used by one stream, or shared by all. Pre-LN, or post-LN
+    with `post_norm` (then each LayerNorm normalises its sub-layer's residual sum, not its input)."""
 
     def __init__(
-        self, spec: LayerSpec, dim: int, heads: int, mlp_ratio: float, dropout: float, updates: bool, gelu: str
+        self,
+        spec: LayerSpec,
+        dim: int,
+        heads: int,
+        mlp_ratio: float,
+        dropout: float,
+        updates: bool,
+        gelu: str,
+        eps: float = 1e-5,
+        post_norm: bool = False,
     ):
         super().__init__()
-        self.ln_attn = nn.LayerNorm(dim) if spec.attend else None
+        self.post_norm = post_norm
+        self.ln_attn = nn.LayerNorm(dim, eps=eps) if spec.attend else None
         self.attn = Attention(dim, heads, dropout) if spec.attend else None
         has_cross = spec.cross_attention is not None and updates
-        self.ln_cross = nn.LayerNorm(dim) if has_cross else None
-        self.ln_context = nn.LayerNorm(dim) if has_cross else None
+        self.ln_cross = nn.LayerNorm(dim, eps=eps) if has_cross else None
+        self.ln_context = nn.LayerNorm(dim, eps=eps) if has_cross else None
         self.cross = CrossAttention(dim, heads, dropout) if has_cross else None
         has_ffn = spec.ffn and updates
-        self.ln_mlp = nn.LayerNorm(dim) if has_ffn else None
+        self.ln_mlp = nn.LayerNorm(dim, eps=eps) if has_ffn else None
         self.mlp = MLP(dim, int(dim * mlp_ratio), dropout, gelu) if has_ffn else None
         gated = spec.cross_attention == "gated_tanh" and updates
         self.cross_gate = nn.Parameter(torch.zeros(1)) if gated and has_cross else None
         self.mlp_gate = nn.Parameter(torch.zeros(1)) if gated and has_ffn else None
+
+    def sublayer_input(self, norm: nn.LayerNorm, x: Tensor) -> Tensor:
+        """What a sub-layer reads: its LayerNorm of the stream (pre-LN), or the stream itself (post-LN)."""
+        return x if self.post_norm else norm(x)
+
+    def residual(self, norm: nn.LayerNorm, x: Tensor, h: Tensor) -> Tensor:
+        """The stream after a sub-layer's output `h`: x + h (pre-LN), or LayerNorm(x + h) (post-LN)."""
+        return norm(x + h) if self.post_norm else x + h
 
 
 def _gate(g: nn.Parameter | None) -> Tensor | float:
@@ -110,16 +91,24 @@ class FusionLayer(nn.Module):
         dropout: float = 0.0,
         gelu: str = "exact",
         sizes: Sizes | None = None,
+        eps: float = 1e-5,
+        post_norm: bool = False,
     ):
         super().__init__()
         self.spec = spec
+        if post_norm and spec.cross_attention:
+            raise ValueError(f"post-LN blocks (BERT's) have no cross-attention sub-layer: {spec}")
         size = {**dict.fromkeys((*spec.updated, *spec.keyed), (dim, heads, mlp_ratio)), **(sizes or {})}
+        norms = {"eps": eps, "post_norm": post_norm}
         if spec.weights == "shared":
-            self.streams = nn.ModuleDict({"shared": Stream(spec, dim, heads, mlp_ratio, dropout, True, gelu)})
+            self.streams = nn.ModuleDict({"shared": Stream(spec, dim, heads, mlp_ratio, dropout, True, gelu, **norms)})
         else:
             owners = dict.fromkeys((*spec.updated, *spec.keyed))
             self.streams = nn.ModuleDict(
-                {m: Stream(spec, size[m][0], size[m][1], size[m][2], dropout, m in spec.updated, gelu) for m in owners}
+                {
+                    m: Stream(spec, size[m][0], size[m][1], size[m][2], dropout, m in spec.updated, gelu, **norms)
+                    for m in owners
+                }
             )
         mixed = [(q, k) for q, ks in spec.attend.items() for k in ks if q in size and size[q][:2] != size[k][:2]]
         if sizes and (spec.weights == "shared" or spec.cross_attention or mixed):
@@ -147,13 +136,15 @@ class FusionLayer(nn.Module):
         queries = [q for q in spec.attend if q in x]
         if queries:
             needed = dict.fromkeys(queries + [k for q in queries for k in spec.attend[q] if k in x])
-            qkv = {m: self.stream(m).attn.project_qkv(self.stream(m).ln_attn(x[m])) for m in needed}
+            streams = {m: self.stream(m) for m in needed}
+            qkv = {m: s.attn.project_qkv(s.sublayer_input(s.ln_attn, x[m])) for m, s in streams.items()}
             for q in queries:
                 keys = [k for k in spec.attend[q] if k in x]
                 if not keys:
                     continue
+                s = self.stream(q)
                 if cache is not None:
-                    out[q] = x[q] + self._cached_attention(q, keys, qkv, causal, pad, cache)
+                    out[q] = s.residual(s.ln_attn, x[q], self._cached_attention(q, keys, qkv, causal, pad, cache))
                     continue
                 if len(keys) == 1:  # no concatenation, no copy
                     k_cat, v_cat = qkv[keys[0]][1], qkv[keys[0]][2]
@@ -163,12 +154,12 @@ class FusionLayer(nn.Module):
                 causal_block = keys.index("text") if (causal and q == "text" and "text" in keys) else None
                 masks = [pad.get(k) for k in keys]
                 if causal_block is not None and keys == ["text"] and masks[0] is None:
-                    h = self.stream(q).attn.attend(qkv[q][0], k_cat, v_cat, None, is_causal=True)
+                    h = s.attn.attend(qkv[q][0], k_cat, v_cat, None, is_causal=True)
                 else:
                     n_q = x[q].shape[1]
                     mask = key_mask(masks, [x[k].shape[1] for k in keys], causal_block, n_q, x[q].device)
-                    h = self.stream(q).attn.attend(qkv[q][0], k_cat, v_cat, mask)
-                out[q] = x[q] + h
+                    h = s.attn.attend(qkv[q][0], k_cat, v_cat, mask)
+                out[q] = s.residual(s.ln_attn, x[q], h)
         has_context = "image" in x or (cache is not None and "cross_k" in cache)
         if spec.cross_attention and cross_attention and "text" in out and has_context:
             s = self.stream("text")
@@ -185,7 +176,7 @@ class FusionLayer(nn.Module):
         for m in spec.updated:
             if m in out and self.stream(m).mlp is not None:
                 s = self.stream(m)
-                out[m] = out[m] + _gate(s.mlp_gate) * s.mlp(s.ln_mlp(out[m]))
+                out[m] = s.residual(s.ln_mlp, out[m], _gate(s.mlp_gate) * s.mlp(s.sublayer_input(s.ln_mlp, out[m])))
         return out
 
     def _cached_attention(self, q: str, keys: list[str], qkv: dict, causal: bool, pad, cache: dict) -> Tensor:
@@ -217,10 +208,14 @@ class FusionEncoder(nn.Module):
         dropout: float = 0.0,
         gelu: str = "exact",
         sizes: Sizes | None = None,
+        eps: float = 1e-5,
+        post_norm: bool = False,
     ):
         super().__init__()
         self.specs = list(specs)
-        self.layers = nn.ModuleList(FusionLayer(s, dim, heads, mlp_ratio, dropout, gelu, sizes) for s in self.specs)
+        self.layers = nn.ModuleList(
+            FusionLayer(s, dim, heads, mlp_ratio, dropout, gelu, sizes, eps, post_norm) for s in self.specs
+        )
 
     def forward(
         self,
@@ -245,200 +240,3 @@ class FusionEncoder(nn.Module):
                 cache=None if cache is None else cache.layer(i),
             )
         return x
-
-
-# ---------------------------------------------------------------------------------------------
-# Presets: the published attention layouts. Each returns the list of LayerSpec for `depth` layers.
-
-TEXT, IMAGE = "text", "image"
-BOTH = {TEXT: (TEXT, IMAGE), IMAGE: (IMAGE, TEXT)}
-SELF = {TEXT: (TEXT,), IMAGE: (IMAGE,)}
-
-
-def merged(depth: int, weights: Weights = "shared") -> list[LayerSpec]:
-    """Single-stream (UNITER, VisualBERT, VL-BERT): every token attends to every token."""
-    return [LayerSpec(attend=BOTH, weights=weights) for _ in range(depth)]
-
-
-def modality_specific(
-    depth: int,
-    weights: Weights = "per_modality",
-    streams: tuple[str, ...] = (TEXT, IMAGE),
-    image_depth: int | None = None,
-) -> list[LayerSpec]:
-    """Dual encoder: each stream attends only to itself; no path between modalities.
-
-    `streams` names the streams that get weights: ("image",) is a single-modality ViT, as data2vec
-    trains it; ("speech",) a speech transformer. `image_depth`: the image tower's own depth (CLIP
-    ViT-L/14: 24 layers, text 12); layer i holds the streams whose towers are deeper than i.
-    """
-    if image_depth is None or IMAGE not in streams:
-        attend = {m: (m,) for m in streams}
-        return [LayerSpec(attend=attend, weights=weights) for _ in range(depth)]
-    n = {m: image_depth if m == IMAGE else depth for m in streams}
-    return [LayerSpec(attend={m: (m,) for m in streams if i < n[m]}, weights=weights) for i in range(max(n.values()))]
-
-
-def asym_text_queries(depth: int, weights: Weights = "shared") -> list[LayerSpec]:
-    """Text queries see text and image; image queries see only image (Hendricks et al. 2021)."""
-    return [LayerSpec(attend={TEXT: (TEXT, IMAGE), IMAGE: (IMAGE,)}, weights=weights) for _ in range(depth)]
-
-
-def asym_image_queries(depth: int, weights: Weights = "shared") -> list[LayerSpec]:
-    """Image queries see image and text; text queries see only text."""
-    return [LayerSpec(attend={TEXT: (TEXT,), IMAGE: (IMAGE, TEXT)}, weights=weights) for _ in range(depth)]
-
-
-def coattention(
-    depth: int, text_layers: int = 0, image_layers: int = 0, weights: Weights = "per_modality"
-) -> list[LayerSpec]:
-    """ViLBERT: single-stream layers first (ViLBERT-base has 6 text-only BERT layers before the
-    first co-attention and none on the image side), then `depth` co-attention blocks. A block is a
-    co-attention transformer layer (Co-TRM: each stream's queries attend only to the other
-    stream's keys/values, then that stream's FFN) followed by a standard self-attention + FFN layer
-    (TRM) per stream. Each stream has its own weights."""
-    cross = {TEXT: (IMAGE,), IMAGE: (TEXT,)}
-    layers = [LayerSpec(attend={TEXT: (TEXT,)}, weights=weights) for _ in range(text_layers)]
-    layers += [LayerSpec(attend={IMAGE: (IMAGE,)}, weights=weights) for _ in range(image_layers)]
-    for _ in range(depth):
-        layers += [LayerSpec(attend=cross, weights=weights), LayerSpec(attend=SELF, weights=weights)]
-    return layers
-
-
-def lxmert(
-    depth: int = 0, text_layers: int = 3, image_layers: int = 2, cross_layers: int | None = None
-) -> list[LayerSpec]:
-    """LXMERT: language layers, object-relationship layers, then cross-modality layers (LXMERT-base:
-    9, 5, 5). A cross-modality layer is cross-attention whose weights both directions share, then
-    per-stream self-attention, then per-stream FFN. `cross_layers` defaults to `depth`."""
-    layers = [LayerSpec(attend={TEXT: (TEXT,)}) for _ in range(text_layers)]
-    layers += [LayerSpec(attend={IMAGE: (IMAGE,)}) for _ in range(image_layers)]
-    for _ in range(depth if cross_layers is None else cross_layers):
-        layers += [
-            LayerSpec(attend={TEXT: (IMAGE,), IMAGE: (TEXT,)}, weights="shared", ffn=False),
-            LayerSpec(attend=SELF, weights="per_modality"),
-        ]
-    return layers
-
-
-def mixed(depth: int, k: int = 2, weights: Weights = "shared") -> list[LayerSpec]:
-    """k modality-specific layers, then depth - k merged layers (Hendricks et al. 2021)."""
-    if not 0 <= k <= depth:
-        raise ValueError(f"mixed layout needs 0 <= k <= depth, got k={k}, depth={depth}")
-    return modality_specific(k) + merged(depth - k, weights=weights)
-
-
-def vision_tower(depth: int) -> list[LayerSpec]:
-    """ViT layers: image tokens attend to image tokens (the image encoder of decoder families)."""
-    return [LayerSpec(attend={IMAGE: (IMAGE,)}, group="vision") for _ in range(depth)]
-
-
-def mammut(depth: int, vision_depth: int = 4, cross_every: int = 2) -> list[LayerSpec]:
-    """MaMMUT (Kuo et al. 2023): a ViT, then ONE text decoder of `depth` causal layers with
-    cross-attention to the image tokens in every `cross_every`-th layer (M ~ N/2 by default).
-    The contrastive pass runs the same text layers bidirectionally with cross-attention switched
-    off; the generative pass runs them as written here (models/mammut.py)."""
-    if cross_every < 1:
-        raise ValueError(f"mammut layout needs cross_every >= 1, got {cross_every}")
-    text = [
-        LayerSpec(
-            attend={TEXT: (TEXT,)},
-            causal_text=True,
-            cross_attention="plain" if i % cross_every == cross_every - 1 else None,
-            group="text",
-        )
-        for i in range(depth)
-    ]
-    return vision_tower(vision_depth) + text
-
-
-def coca(depth: int, vision_depth: int = 4, unimodal: int | None = None) -> list[LayerSpec]:
-    """CoCa (Yu et al. 2022): a ViT, `unimodal` causal text-only layers (the contrastive text
-    encoder), then depth - unimodal multimodal layers with cross-attention to the image in every
-    layer (the captioner, continuing from the unimodal states)."""
-    unimodal = depth // 2 if unimodal is None else unimodal
-    if not 0 < unimodal < depth:
-        raise ValueError(f"coca layout needs 0 < unimodal < depth, got unimodal={unimodal}, depth={depth}")
-    uni = [LayerSpec(attend={TEXT: (TEXT,)}, causal_text=True, group="unimodal") for _ in range(unimodal)]
-    multi = [
-        LayerSpec(attend={TEXT: (TEXT,)}, causal_text=True, cross_attention="plain", group="multimodal")
-        for _ in range(depth - unimodal)
-    ]
-    return vision_tower(vision_depth) + uni + multi
-
-
-def dual_captioner(
-    depth: int, vision_depth: int = 4, encoder: int | None = None, cross_every: int = 1
-) -> list[LayerSpec]:
-    """A CLIP dual encoder plus a separate captioning decoder: `encoder` bidirectional text layers
-    for the contrastive loss, then depth - encoder causal decoder layers (cross-attention in every
-    `cross_every`-th) that caption from the token embeddings. Only the ViT and the token
-    embeddings are shared: the baseline that MaMMUT and CoCa fold into one text tower."""
-    encoder = depth // 2 if encoder is None else encoder
-    if not 0 < encoder < depth or cross_every < 1:
-        raise ValueError(f"dual_captioner needs 0 < encoder < depth and cross_every >= 1, got {encoder}, {cross_every}")
-    enc = [LayerSpec(attend={TEXT: (TEXT,)}, group="text_encoder") for _ in range(encoder)]
-    dec = [
-        LayerSpec(
-            attend={TEXT: (TEXT,)},
-            causal_text=True,
-            cross_attention="plain" if i % cross_every == cross_every - 1 else None,
-            group="decoder",
-        )
-        for i in range(depth - encoder)
-    ]
-    return vision_tower(vision_depth) + enc + dec
-
-
-def lm(depth: int) -> list[LayerSpec]:
-    """A GPT-style causal language model: causal text self-attention and an FFN per layer."""
-    return [LayerSpec(attend={TEXT: (TEXT,)}, causal_text=True, group="lm") for _ in range(depth)]
-
-
-def flamingo(depth: int, cross_every: int = 1) -> list[LayerSpec]:
-    """Flamingo (Alayrac et al. 2022): the `depth` layers of a frozen causal LM (`lm` above), with a
-    GATED XATTN-DENSE block before every `cross_every`-th one. A gated block has no self-attention:
-    text queries cross-attend to the resampled media tokens (the "image" stream; which image each
-    token may see is the cross-attention mask, models/flamingo.py), then an FFN; both residuals
-    are scaled by tanh(gate) with gates at 0, so at initialisation the model is the frozen LM."""
-    if cross_every < 1:
-        raise ValueError(f"flamingo layout needs cross_every >= 1, got {cross_every}")
-    layers = []
-    for i in range(depth):
-        if i % cross_every == 0:
-            layers.append(LayerSpec(attend={}, cross_attention="gated_tanh", group="gated"))
-        layers.append(LayerSpec(attend={TEXT: (TEXT,)}, causal_text=True, frozen=True, group="lm"))
-    return layers
-
-
-PRESETS: dict[str, Callable[..., list[LayerSpec]]] = {
-    "merged": merged,
-    "modality_specific": modality_specific,
-    "asym_text_queries": asym_text_queries,
-    "asym_image_queries": asym_image_queries,
-    "coattention": coattention,
-    "lxmert": lxmert,
-    "mixed": mixed,
-    "mammut": mammut,
-    "coca": coca,
-    "dual_captioner": dual_captioner,
-    "lm": lm,
-    "flamingo": flamingo,
-}
-
-
-def unimodal_prefix(specs: list[LayerSpec]) -> int:
-    """Number of leading layers in which no stream reads another one. Their output for an image
-    (or a caption) does not depend on what it is paired with, so cross-encoder retrieval runs them
-    once per image and once per caption: all layers of a dual encoder, the first k of mixed(k),
-    the single-stream layers of co-attention and LXMERT, none of a merged model."""
-    for i, s in enumerate(specs):
-        if s.cross_attention or any(k != q for q, keys in s.attend.items() for k in keys):
-            return i
-    return len(specs)
-
-
-def build_layout(name: str, depth: int, **kwargs) -> list[LayerSpec]:
-    if name not in PRESETS:
-        raise ValueError(f"unknown layout {name!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name](depth, **kwargs)

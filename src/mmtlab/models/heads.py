@@ -66,10 +66,10 @@ class ContrastiveHead(nn.Module):
 class MLMHead(nn.Module):
     """BERT's transform (dense, GELU, LayerNorm) and a decoder tied to the token embedding."""
 
-    def __init__(self, dim: int, vocab_size: int):
+    def __init__(self, dim: int, vocab_size: int, eps: float = 1e-5):
         super().__init__()
         self.dense = nn.Linear(dim, dim)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     def forward(self, x: Tensor, token_embedding: Tensor) -> Tensor:

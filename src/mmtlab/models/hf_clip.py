@@ -144,29 +144,37 @@ def _ratio(dims: dict) -> float:
     return hidden / width
 
 
-def _pixel_stats(path: Path) -> tuple[Tensor, Tensor]:
+def pixel_stats(path: Path, fmt: str = "hf-clip", default=(OPENAI_MEAN, OPENAI_STD)) -> tuple[Tensor, Tensor]:
+    """The processor's pixel mean and std (preprocessor_config.json; `default` where it has none)."""
     f = path / "preprocessor_config.json"
     try:
         p = json.loads(f.read_text()) if f.exists() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HFError(f"hf-clip: {f} is not valid JSON ({e})") from None
+        raise HFError(f"{fmt}: {f} is not valid JSON ({e})") from None
     if p.get("do_normalize", True) is False:
         return torch.full((3,), 0.0), torch.full((3,), 1.0)
-    return torch.tensor(p.get("image_mean", OPENAI_MEAN)), torch.tensor(p.get("image_std", OPENAI_STD))
+    return torch.tensor(p.get("image_mean", default[0])), torch.tensor(p.get("image_std", default[1]))
 
 
-def read_safetensors(path: Path) -> dict[str, Tensor]:
+def fold_pixel_stats(w: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
+    """A patch convolution reading (x01 - mean) / std as (weight, bias) reading our [-1, 1] pixels."""
+    # x01 = (x + 1) / 2, so the conv of the processor's input is the conv with weights W / (2 std)
+    # of x, plus W . ((0.5 - mean) / std).
+    return w / (2 * std)[None, :, None, None], (w * ((0.5 - mean) / std)[None, :, None, None]).sum((1, 2, 3))
+
+
+def read_safetensors(path: Path, fmt: str = "hf-clip") -> dict[str, Tensor]:
     """All tensors of a save_pretrained directory (one file or shards with their index)."""
     index = path / "model.safetensors.index.json"
     try:
         files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else None
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise HFError(f"hf-clip: {index} is not a safetensors index ({e})") from None
+        raise HFError(f"{fmt}: {index} is not a safetensors index ({e})") from None
     if files is None:
         if not (path / "model.safetensors").exists():
             found = ", ".join(sorted(p.name for p in path.iterdir())) or "nothing"
             raise FileNotFoundError(
-                f"hf-clip: no model.safetensors in {path} (found {found}); pytorch_model.bin is not read because "
+                f"{fmt}: no model.safetensors in {path} (found {found}); pytorch_model.bin is not read because "
                 "loading it unpickles the file: convert it with save_pretrained(safe_serialization=True)"
             )
         files = ["model.safetensors"]
@@ -175,10 +183,10 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
         try:
             raw.update(load_file(str(path / name)))
         except FileNotFoundError:
-            raise FileNotFoundError(f"hf-clip: {path / name} is missing") from None
+            raise FileNotFoundError(f"{fmt}: {path / name} is missing") from None
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             msg = " ".join(str(e).split())[:200]
-            raise HFError(f"hf-clip: {path / name} is not a readable safetensors file ({msg})") from None
+            raise HFError(f"{fmt}: {path / name} is not a readable safetensors file ({msg})") from None
     return raw
 
 
@@ -211,12 +219,9 @@ def weights(path: str | Path, cfg: ModelConfig) -> dict[str, Tensor]:
     d, g = cfg.image.width or cfg.width, cfg.image.size // cfg.image.patch
     out["image_embed.cls"] = (raw["vision_model.embeddings.class_embedding"] + pos[0]).reshape(1, 1, d)
     out["image_embed.pos"] = pos[1:].T.reshape(d, g, g).contiguous()
-    # CLIP's conv reads (x01 - mean) / std; ours reads x = 2 x01 - 1, so x01 = (x + 1) / 2 and the
-    # conv of CLIP's input is the conv with weights W / (2 std) of x, plus W . ((0.5 - mean) / std).
+    # CLIP's conv reads (x01 - mean) / std; ours reads x = 2 x01 - 1 (and CLIP's conv has no bias).
     w = raw["vision_model.embeddings.patch_embedding.weight"]
-    mean, std = _pixel_stats(path)
-    out["image_embed.proj.weight"] = w / (2 * std)[None, :, None, None]
-    out["image_embed.proj.bias"] = (w * ((0.5 - mean) / std)[None, :, None, None]).sum((1, 2, 3))
+    out["image_embed.proj.weight"], out["image_embed.proj.bias"] = fold_pixel_stats(w, *pixel_stats(path))
     out["contrastive.text_proj.weight"] = raw["text_projection.weight"]
     out["contrastive.image_proj.weight"] = raw["visual_projection.weight"]
     out["contrastive.logit_scale"] = raw["logit_scale"].reshape(())
@@ -280,6 +285,8 @@ def export_problems(cfg: ModelConfig, layout) -> list[str]:
         problems.append(f"the patch embedding is a {cfg.image.stem} stem, CLIP's is one linear patchify")
     if cfg.logit_bias is not None:
         problems.append("a logit bias (sigmoid loss); CLIP has none")
+    if cfg.post_norm or cfg.text.embed_norm or cfg.norm_eps not in (None, 1e-5):
+        problems.append("BERT-style LayerNorms (model.post_norm, text.embed_norm or norm_eps); CLIP's are pre-LN, 1e-5")
     if cfg.text.sep_id == 2:
         problems.append("the end token has id 2, which transformers' CLIP pools by argmax instead")
     return problems

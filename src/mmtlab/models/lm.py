@@ -1,5 +1,5 @@
 """A causal language model (GPT-style): token + position embeddings, causal text layers (layout
-`fusion.lm`), a final norm and an output layer tied to the token embedding.
+`layouts.lm`), a final norm and an output layer tied to the token embedding.
 
 It is Flamingo's frozen LM: `mmtlab train configs/runs/lm.yaml` trains one on the text of the
 interleaved documents, and models/flamingo.py loads its weights into the LM layers of its own

@@ -5,7 +5,7 @@ A ViT and ONE text decoder, trained in two passes over the same weights every st
   cannot see the image), states mean-pooled and matched against the pooled image tokens;
 - generative pass: causal self-attention and cross-attention to the image tokens in the layers
   the layout gives it (every second one by default), next-token captioning loss.
-The layout (which layers cross-attend) is `fusion.mammut`; the passes are objectives/StepContext's
+The layout (which layers cross-attend) is `layouts.mammut`; the passes are objectives/StepContext's
 `embeddings` and `caption`, run in a shuffled order with one backward.
 """
 

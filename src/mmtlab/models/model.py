@@ -1,7 +1,7 @@
 """The encoder model: embeddings -> fusion encoder (a LayerSpec list) -> heads.
 
 One class serves dual encoders, single-stream, asymmetric and co-attention models; what differs
-is the layout (see fusion.py) and which output heads exist.
+is the layout (see layouts.py) and which output heads exist.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ class MultimodalTransformer(ModelBase):
         self.cfg = cfg
         d, img = cfg.width, cfg.image
         di = img.width or d  # the image tower's own width (CLIP's ViT), where given
-        self.text_embed = TextEmbedding(vocab, d, cfg.text.max_len)
+        eps = cfg.norm_eps or 1e-5  # PyTorch's default; BERT's and HF ViT's: 1e-12
+        self.text_embed = TextEmbedding(vocab, d, cfg.text.max_len, norm=cfg.text.embed_norm, eps=eps)
         if img.input == "regions":
             if img.region_dim is None:
                 raise ValueError("model.image.region_dim is not set (it comes from the detector)")
@@ -38,15 +39,19 @@ class MultimodalTransformer(ModelBase):
         else:
             self.image_embed = PatchEmbedding(img.size, img.patch, di, img.channels, cls_token=True, stem=img.stem)
         # CLIP's ViT normalises its input tokens (`pre_layrnorm`); absent by default.
-        self.image_pre_norm = nn.LayerNorm(di) if img.pre_norm else None
+        self.image_pre_norm = nn.LayerNorm(di, eps=eps) if img.pre_norm else None
         self.layout = build_layout(cfg.layout, cfg.depth, **cfg.layout_args)
         if cfg.text.causal:  # CLIP's text tower: every layer's text queries see only earlier text
             self.layout = [replace(s, causal_text=True) for s in self.layout]
         self.text_pool = cfg.text.pool or cfg.pool
         own = (img.width, img.heads, img.mlp_ratio) != (None, None, None)
         sizes = {"image": (di, img.heads or cfg.heads, img.mlp_ratio or cfg.mlp_ratio)} if own else None
-        self.encoder = FusionEncoder(self.layout, d, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.gelu, sizes)
-        self.norm = nn.ModuleDict({"text": nn.LayerNorm(d), "image": nn.LayerNorm(di)})
+        self.encoder = FusionEncoder(
+            self.layout, d, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.gelu, sizes, eps, cfg.post_norm
+        )
+        # Final LayerNorms of pre-LN blocks; post-LN blocks (BERT) end normalised, so they have none.
+        norms = {} if cfg.post_norm else {"text": nn.LayerNorm(d, eps=eps), "image": nn.LayerNorm(di, eps=eps)}
+        self.norm = nn.ModuleDict(norms)
         outputs = cfg.outputs or []
         if di != d and {"itm", "mrm"} & set(outputs):
             raise ValueError(f"the itm / mrm heads read both streams at one width; model.image.width is {di}, not {d}")
@@ -55,7 +60,7 @@ class MultimodalTransformer(ModelBase):
             if "contrastive" in outputs
             else None
         )
-        self.mlm = MLMHead(d, cfg.text.vocab_size) if "mlm" in outputs else None
+        self.mlm = MLMHead(d, cfg.text.vocab_size, eps) if "mlm" in outputs else None
         self.itm = ITMHead(d) if "itm" in outputs else None
         self.mrm = None
         if "mrm" in outputs:
@@ -101,7 +106,11 @@ class MultimodalTransformer(ModelBase):
         if not x:
             raise ValueError("forward needs images, tokens or both")
         x = self.encoder(x, pad)
-        return {m: self.norm[m](h) for m, h in x.items()}
+        return {m: self.final_norm(m, h) for m, h in x.items()}
+
+    def final_norm(self, stream: str, h: Tensor) -> Tensor:
+        """A stream's states after the last layer: its final LayerNorm (none after post-LN blocks)."""
+        return self.norm[stream](h) if stream in self.norm else h
 
     def image_key_mask(self, images: Images) -> Tensor | None:
         """[B, N] True for real image tokens (regions may be padded), None when all are real."""
@@ -149,7 +158,7 @@ class MultimodalTransformer(ModelBase):
 
     @property
     def unimodal_layers(self) -> int:
-        """Leading encoder layers whose outputs do not depend on the pairing (fusion.unimodal_prefix)."""
+        """Leading encoder layers whose outputs do not depend on the pairing (layouts.unimodal_prefix)."""
         return unimodal_prefix(self.layout)
 
     def encode_unpaired(
@@ -190,7 +199,7 @@ class MultimodalTransformer(ModelBase):
         ipad = None if ipad is None else ipad[image_index]
         x = {"text": tx, "image": ix.index_select(0, image_index)}
         x = self.encoder(x, {"text": tpad, "image": ipad}, layers=slice(self.unimodal_layers, None))
-        return self.itm_logits(self.norm["text"](x["text"]), self.norm["image"](x["image"]), tpad, ipad)
+        return self.itm_logits(self.final_norm("text", x["text"]), self.final_norm("image", x["image"]), tpad, ipad)
 
     def mlm_logits(self, text_states: Tensor) -> Tensor:
         self._require("mlm")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -182,11 +183,16 @@ def init_from(source: str | Path, model: nn.Module) -> int:
     new head, say). A ViT positional grid of another size is resampled to this model's (fine-tuning
     at a higher resolution, as after cropped-positional-embedding pretraining). Any other name
     that matches with a different shape is an error, as is no match at all.
+    A run imported from a Hugging Face BERT / ViT / ViLT (`mmtlab import`) holds random tensors
+    besides the imported ones; only those its imported.json lists are copied.
     Returns the number of tensors copied.
     """
     from mmtlab.models.vision import sample_pos_grid
 
     ckpt, weights = run_weights(source, "train.init_from")
+    imported = imported_tensors(source)
+    if imported is not None:
+        weights = {k: v for k, v in weights.items() if k in imported}
     own = model.state_dict()
     for k, v in weights.items():
         if k.endswith("image_embed.pos") and k in own and v.dim() == 3 and v.shape[0] == own[k].shape[0]:
@@ -199,3 +205,36 @@ def init_from(source: str | Path, model: nn.Module) -> int:
         raise RunFileError(f"train.init_from: no tensor of {ckpt} matches this model")
     model.load_state_dict(matched, strict=False)
     return len(matched)
+
+
+def imported_tensors(source: str | Path) -> set[str] | None:
+    """The tensors of an imported run that came from the published model (its imported.json
+    "tensors"), or None: all of them (a trained run, a CLIP import, a checkpoint directory)."""
+    f = Path(source) / "imported.json"
+    if not f.is_file():
+        return None
+    try:
+        names = json.loads(f.read_text()).get("tensors")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise RunFileError(f"train.init_from: {f} is not valid JSON ({e})") from None
+    return None if names is None else set(names)
+
+
+def describe_tensors(names: list[str]) -> str:
+    """Tensor names summarised by module, layers collapsed: "encoder.layers.0-11.streams.shared
+    (192), text_embed (4)"."""
+    groups: dict[str, list[int]] = {}
+    count: dict[str, int] = {}
+    for n in names:
+        m = re.match(r"(encoder\.layers)\.(\d+)\.(streams\.\w+)\.", n)
+        key = f"{m[1]}.*.{m[3]}" if m else n.rsplit(".", 1)[0] if "." in n else n
+        if key.startswith(("text_embed", "image_embed")):
+            key = key.split(".")[0]
+        groups.setdefault(key, []).append(int(m[2]) if m else -1)
+        count[key] = count.get(key, 0) + 1
+    parts = []
+    for key, layers in groups.items():
+        idx = sorted({i for i in layers if i >= 0})
+        label = key.replace("*", f"{idx[0]}-{idx[-1]}" if len(idx) > 1 else str(idx[0])) if idx else key
+        parts.append(f"{label} ({count[key]})")
+    return ", ".join(parts)

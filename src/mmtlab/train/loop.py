@@ -36,6 +36,8 @@ from mmtlab.train.blocks import apply_block_options
 from mmtlab.train.checkpoint import (
     DISK_ERRORS,
     CheckpointError,
+    describe_tensors,
+    imported_tensors,
     init_from,
     load_checkpoint,
     remove_partial_checkpoints,
@@ -194,7 +196,9 @@ def _train(
     if not resuming and cfg.train.init_from:
         loaded = init_from(cfg.train.init_from, model)
         if dp.is_main:
-            console.print(f"initialised {loaded} tensors from {cfg.train.init_from}")
+            imported = imported_tensors(cfg.train.init_from)
+            what = "" if imported is None else f" (those it imported: {describe_tensors(sorted(imported))})"
+            console.print(f"initialised {loaded} tensors from {cfg.train.init_from}{what}")
     apply_block_options(model, cfg.train)
     par = parallelize(model, dp, cfg.train)  # before the optimizer: FSDP2 replaces the parameters
     optimizer = build_optimizer(model, cfg.train)
