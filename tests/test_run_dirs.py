@@ -149,3 +149,25 @@ def test_bad_eval_arguments_are_one_line(run, args, match, monkeypatch, capsys):
 
     code, err = cli_error(monkeypatch, capsys, "eval", "retrieval", run, *args)
     assert code == 2 and re.search(match, err), err
+
+
+def test_evaluating_a_run_still_in_training_says_so(run, capsys):
+    """A live process's PID in RUN/.lock means the newest checkpoint is not the final one."""
+    import subprocess
+    import sys
+
+    from mmtlab.eval.runs import load_run
+
+    load_run(run)
+    assert "still training" not in capsys.readouterr().err
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / ".lock").write_text(f"{trainer.pid}\n")
+        load_run(run)
+        err = capsys.readouterr().err
+        assert f"still training (PID {trainer.pid})" in err and "step 6 of 6" in err
+    finally:
+        trainer.kill()
+        trainer.wait()
+    load_run(run)  # the PID is dead now: an ordinary finished run
+    assert "still training" not in capsys.readouterr().err

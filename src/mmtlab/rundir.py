@@ -8,6 +8,7 @@ A checkpoint is a directory `RUN/checkpoints/step_{N:08d}`; only complete ones c
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -102,3 +103,28 @@ def load_model_weights(ckpt: Path, model: nn.Module, strict: bool = True) -> Non
     if bad:
         raise RunFileError(f"{ckpt}: non-finite (NaN/inf) values in {bad[:3]}; the run diverged before this checkpoint")
     model.load_state_dict(weights, strict=False)
+
+
+LOCK_NAME = ".lock"  # held by the training process (train/lock.py); it holds the PID
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def training_pid(run_dir: str | Path) -> int | None:
+    """The PID of a live process training in `run_dir` (from its lock file), else None: an eval of a
+    run still in training reads an intermediate checkpoint, which the caller should say."""
+    try:
+        pid = int((Path(run_dir) / LOCK_NAME).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid != os.getpid() and pid_alive(pid) else None

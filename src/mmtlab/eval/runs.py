@@ -7,6 +7,7 @@ and VQA after a fine-tune).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from mmtlab.eval.vqa import evaluate_vqa
 from mmtlab.families import FAMILIES, family_of
 from mmtlab.io import atomic_write_json
 from mmtlab.models import build_model
+from mmtlab.rundir import latest_step, training_pid
 
 
 class EvalError(RuntimeError):
@@ -37,6 +39,11 @@ def load_run(run_dir: Path, data: Path | None = None):
 
     model = mmtlab.load(run_dir)
     cfg = model.run_config
+    if (pid := training_pid(run_dir)) is not None:
+        sys.stderr.write(
+            f"warning: {run_dir} is still training (PID {pid}): evaluating its latest checkpoint, "
+            f"step {latest_step(run_dir)} of {cfg.train.steps}\n"
+        )
     if data is not None:
         cfg.data.root, cfg.data.annotations, cfg.data.images = str(data), None, None
     return model, cfg

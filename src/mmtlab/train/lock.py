@@ -18,24 +18,12 @@ import errno
 import os
 from pathlib import Path
 
+from mmtlab.rundir import LOCK_NAME, pid_alive
+
 try:
     import fcntl
 except ImportError:  # not POSIX: only the PID check
     fcntl = None
-
-LOCK_NAME = ".lock"
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def _read_pid(fd: int) -> int:
@@ -85,7 +73,7 @@ class RunDirLock:
                     os.close(fd)
                     raise self._busy(pid) from None
                 pid = _read_pid(fd)  # no flock here: a live holder's PID decides
-                if pid != os.getpid() and _pid_alive(pid):
+                if pid != os.getpid() and pid_alive(pid):
                     os.close(fd)
                     raise self._busy(pid) from None
             try:  # the file a previous holder removed while we opened it is not the lock any more
