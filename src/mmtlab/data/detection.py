@@ -1,5 +1,5 @@
 """Detection data for training and evaluation: images of a COCO / LVIS file (data/formats/coco.py)
-as square tensors with normalised boxes, the category-name prompts, and the base-only check.
+as square tensors with normalised boxes, and the base-only check.
 
 Images are padded to a square (bottom and right, grey) and resized to the detector's size, so
 aspect ratios are kept (OWL-ViT pads the same way) and a box maps back to pixels by one factor:
@@ -17,26 +17,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from mmtlab.data.emoji_scenes.english import with_article
 from mmtlab.data.formats.coco import DetectionImage, DetectionSet
 from mmtlab.data.pairs import BAD_IMAGE_ERRORS
 
-# Prompt ensembling for category names (as eval/zeroshot.py): {} is the name with its article.
-TEMPLATES = (
-    "a picture of {}.",
-    "an image showing {}.",
-    "a drawing of {}.",
-    "a colorful icon of {}.",
-    "{} on a plain background.",
-    "{} emoji",
-)
-
 PAD_VALUE = 128
-
-
-def prompts(names: Sequence[str], templates: Sequence[str] = TEMPLATES) -> list[str]:
-    """len(names) * len(templates) texts, name-major."""
-    return [t.format(with_article(n)) for n in names for t in templates]
 
 
 def square_image(path: Path, size: int) -> tuple[Tensor, float]:

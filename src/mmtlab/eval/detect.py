@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from mmtlab.data.detection import DetectionBatches, prompts, square_image
+from mmtlab.data.detection import DetectionBatches, square_image
 from mmtlab.data.emoji_scenes.detection import DETECTION_DIR, instances_file
 from mmtlab.data.formats.coco import DetectionSet, read_coco, xyxy_to_xywh
+from mmtlab.data.prompts import TEMPLATES, prompts
 from mmtlab.io import atomic_write_json
 from mmtlab.models.detector import top_detections
 from mmtlab.progress import track
@@ -59,11 +60,7 @@ def coco_ap(gt: dict, detections: list[dict], cat_ids: list[int] | None = None) 
 
 def name_queries(detector, names: list[str]) -> torch.Tensor:
     """[C, E] prompt-ensembled unit embeddings of `names` by the detector's frozen text side."""
-    texts = prompts(names)
-    tok = detector.tokenizer
-    emb = torch.cat([detector.embed_queries(*tok(texts[i : i + 256])) for i in range(0, len(texts), 256)]).float()
-    emb = torch.nn.functional.normalize(emb, dim=-1)
-    return torch.nn.functional.normalize(emb.view(len(names), -1, emb.shape[-1]).mean(1), dim=-1)
+    return detector.embed_names(detector.tokenizer, prompts(names), len(TEMPLATES))
 
 
 @torch.no_grad()

@@ -100,6 +100,14 @@ class Detector(nn.Module):
         """L2-normalised text embeddings [Q, E] of query texts, by the frozen pretrained text side."""
         return self.text.encode_text(tokens, mask)
 
+    @torch.no_grad()
+    def embed_names(self, tokenizer, texts: list[str], per_name: int, batch_size: int = 256) -> Tensor:
+        """Prompt ensembling: [C, E] unit class embeddings from name-major prompts (`per_name`
+        templates each, data/prompts.py), each normalised, averaged per name, renormalised."""
+        chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+        emb = F.normalize(torch.cat([self.embed_queries(*tokenizer(c)) for c in chunks]).float(), dim=-1)
+        return F.normalize(emb.view(-1, per_name, emb.shape[-1]).mean(1), dim=-1)
+
     def patch_tokens(self, images: Tensor) -> Tensor:
         """The image tower's final-normed patch tokens [B, h*w, D] (a [CLS] token dropped)."""
         n = (images.shape[-2] // self.patch) * (images.shape[-1] // self.patch)

@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from mmtlab.config import load_config
-from mmtlab.data.detection import DetectionBatches, check_base_only, prompts
+from mmtlab.data.detection import DetectionBatches, check_base_only
 from mmtlab.data.emoji_scenes.detection import DETECTION_DIR, instances_file
 from mmtlab.data.formats.coco import read_coco
+from mmtlab.data.prompts import TEMPLATES, prompts
 from mmtlab.data.tokenizer import load_tokenizer
 from mmtlab.io import atomic_write_json
 from mmtlab.models import build_model
@@ -50,14 +50,6 @@ def load_pretrained(run_dir: Path):
     model = build_model(cfg)
     load_model_weights(ckpt, model)
     return model, load_tokenizer(run_dir / "tokenizer.json", cfg.model.text.max_len), cfg
-
-
-def name_embeddings(detector: Detector, tokenizer, names: list[str]) -> torch.Tensor:
-    """[C, E] prompt-ensembled unit embeddings of category names (as zero-shot classification)."""
-    texts = prompts(names)
-    emb = torch.cat([detector.embed_queries(*tokenizer(texts[i : i + 256])) for i in range(0, len(texts), 256)])
-    emb = F.normalize(emb.float(), dim=-1)
-    return F.normalize(emb.view(len(names), -1, emb.shape[-1]).mean(1), dim=-1)
 
 
 def finetune_detect(
@@ -103,7 +95,7 @@ def finetune_detect(
     torch.manual_seed(seed)
     detector = Detector(model, size)
     names = [trainset.categories[c]["name"] for c in base_ids]
-    queries = name_embeddings(detector, tokenizer, names)
+    queries = detector.embed_names(tokenizer, prompts(names), len(TEMPLATES))
     batches = DetectionBatches(trainset, size, {c: i for i, c in enumerate(base_ids)})
     params = [p for p in detector.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
