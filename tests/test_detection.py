@@ -297,7 +297,7 @@ def test_finetune_eval_and_detect_cli(det_data, tmp_path):
     out = invoke("eval", "detect", run, "--finetune-steps", 3, "--threads", 1)
     assert "novel" in out and "heldout" in out
     result = json.loads((run / "eval" / "detect.json").read_text())
-    assert set(result["ap"]) == {"all", "base", "novel", "heldout"} and result["n_images"] == 24
+    assert set(result["ap"]) == {"all", "base", "novel", "heldout", "class_agnostic"} and result["n_images"] == 24
     assert result["trained_on"]["settings"]["steps"] == 3 and result["ap"]["novel"]["boxes"] > 0
     image = tmp_path / "scene.png"
     shutil.copy(det_data / "detection" / "images" / "detect_test" / "detect_test_0000000.png", image)

@@ -6,7 +6,9 @@ detection queries all 1,203 LVIS names); each image keeps its 100 best (token, c
 DETR / OWL-ViT evaluate. The detections are written as a COCO results list and scored by
 pycocotools' COCOeval (AP = mean over IoU 0.50:0.95, 101-point interpolated precision; AP50 at IoU
 0.5), once per category set (the `set` field of the categories: "base" / "novel" / "heldout";
-LVIS's APr is our novel AP). A set with no boxes in the file reports None.
+LVIS's APr is our novel AP). A set with no boxes in the file reports None. `class_agnostic`: the
+same tokens as one category "object" scored by their best class: how well boxes are found, apart
+from naming them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from mmtlab.data.emoji_scenes.detection import DETECTION_DIR, instances_file
 from mmtlab.data.formats.coco import DetectionSet, read_coco, xyxy_to_xywh
 from mmtlab.data.prompts import TEMPLATES, prompts
 from mmtlab.io import atomic_write_json
-from mmtlab.models.detector import top_detections
+from mmtlab.models.detector import cxcywh_to_xyxy, top_detections
 from mmtlab.progress import track
 
 MAX_DETS = 100
@@ -64,25 +66,34 @@ def name_queries(detector, names: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def detect_set(detector, data: DetectionSet, batch_size: int = 64, progress: bool = True) -> list[dict]:
-    """COCO results for every image of `data`, querying all its category names."""
+def detect_set(
+    detector, data: DetectionSet, batch_size: int = 64, progress: bool = True
+) -> tuple[list[dict], list[dict]]:
+    """COCO results for every image of `data`, querying all its category names; and the same tokens
+    class-agnostic (category 1, each token's best class score), to tell localisation from naming."""
     cat_ids = sorted(data.categories)
     queries = name_queries(detector, [data.categories[c]["name"] for c in cat_ids])
     batches = DetectionBatches(data, detector.image_size, {c: i for i, c in enumerate(cat_ids)})
-    results = []
+    results, agnostic = [], []
     n = -(-len(data.images) // batch_size)
     for x, _, kept in track(batches.in_order(batch_size), "detecting", total=n, enabled=progress):
         out = detector(x, queries)
-        for im, (boxes, scores, cls) in zip(kept, top_detections(out["logits"], out["boxes"], MAX_DETS)):
+        best = torch.sigmoid(out["logits"].float()).amax(-1)  # [B, N]
+        corners = cxcywh_to_xyxy(out["boxes"].float()).clamp(0, 1)
+        for i, (boxes, scores, cls) in enumerate(top_detections(out["logits"], out["boxes"], MAX_DETS)):
+            im = kept[i]
             side = max(im.width, im.height)
             for b, s, c in zip((boxes * side).tolist(), scores.tolist(), cls.tolist()):
                 results.append({"image_id": im.id, "category_id": cat_ids[c], "bbox": xyxy_to_xywh(b), "score": s})
-    return results
+            for b, s in zip((corners[i] * side).tolist(), best[i].tolist()):
+                agnostic.append({"image_id": im.id, "category_id": 1, "bbox": xyxy_to_xywh(b), "score": s})
+    return results, agnostic
 
 
 def evaluate_detection(detector, data: DetectionSet, batch_size: int = 64, progress: bool = True) -> dict:
-    """AP / AP50 over all categories and per category `set` of `data`."""
-    dets = detect_set(detector, data, batch_size, progress)
+    """AP / AP50 over all categories and per category `set` of `data`, and class-agnostic AP (every
+    box one category "object": how well the boxes alone are found)."""
+    dets, agnostic = detect_set(detector, data, batch_size, progress)
     gt = data.raw
     kept = {im.id for im in data.images}
     gt = {**gt, "images": [im for im in gt["images"] if im["id"] in kept],
@@ -91,6 +102,9 @@ def evaluate_detection(detector, data: DetectionSet, batch_size: int = 64, progr
     result = {"all": coco_ap(gt, dets)}
     for s in sets:
         result[s] = coco_ap(gt, dets, data.ids_where("set", s))
+    one = {**gt, "categories": [{"id": 1, "name": "object"}],
+           "annotations": [{**a, "category_id": 1} for a in gt["annotations"]]}  # fmt: skip
+    result["class_agnostic"] = coco_ap(one, agnostic)
     return {"n_images": len(kept), "n_detections": len(dets), "skipped": dict(data.skipped), "ap": result}
 
 
