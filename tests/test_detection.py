@@ -310,3 +310,14 @@ def test_detect_is_refused_for_a_family_without_a_text_side():
 
     assert "detect" in family("mammut").evals and "detect" in family("encoder").evals
     assert "detect" not in family("data2vec").evals and "detect" not in family("flamingo").evals
+
+
+def test_fast_nms_suppresses_overlaps_within_a_class_only():
+    from mmtlab.models.detector import fast_nms
+
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]])  # 0 and 1: IoU 9/11
+    scores = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.5, 0.2]])
+    kept = fast_nms(scores, boxes, 0.5)
+    # class 0: box 1 overlaps the better box 0; class 1: box 1 is the best, box 0 is suppressed by it
+    assert torch.equal(kept, torch.tensor([[0.9, 0.0], [0.0, 0.7], [0.5, 0.2]]))
+    assert torch.equal(fast_nms(scores, boxes, 0.95), scores)  # IoU 0.82 < 0.95: nothing suppressed

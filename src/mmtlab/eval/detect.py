@@ -3,12 +3,12 @@
 The detector (models/detector.py, fine-tuned by train/detect.py on base categories) is queried with
 every category name of the test file at once (base, novel and held-out, as LVIS open-vocabulary
 detection queries all 1,203 LVIS names); each image keeps its 100 best (token, class) scores, as
-DETR / OWL-ViT evaluate. The detections are written as a COCO results list and scored by
-pycocotools' COCOeval (AP = mean over IoU 0.50:0.95, 101-point interpolated precision; AP50 at IoU
-0.5), once per category set (the `set` field of the categories: "base" / "novel" / "heldout";
-LVIS's APr is our novel AP). A set with no boxes in the file reports None. `class_agnostic`: the
-same tokens as one category "object" scored by their best class: how well boxes are found, apart
-from naming them.
+DETR / OWL-ViT evaluate, after class-wise NMS at IoU 0.5 (models/detector.py: `fast_nms`). The
+detections are written as a COCO results list and scored by pycocotools' COCOeval (AP = mean over
+IoU 0.50:0.95, 101-point interpolated precision; AP50 at IoU 0.5), once per category set (the `set`
+field of the categories: "base" / "novel" / "heldout"; LVIS's APr is our novel AP). A set with no
+boxes in the file reports None. `class_agnostic`: the same tokens as one category "object" scored by
+their best class: how well boxes are found, apart from naming them.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from mmtlab.models.detector import cxcywh_to_xyxy, top_detections
 from mmtlab.progress import track
 
 MAX_DETS = 100
+NMS = 0.5  # class-wise NMS IoU before the top 100 (tokens of a short fine-tune still repeat a box)
 
 
 def coco_ap(gt: dict, detections: list[dict], cat_ids: list[int] | None = None) -> dict:
@@ -67,7 +68,7 @@ def name_queries(detector, names: list[str]) -> torch.Tensor:
 
 @torch.no_grad()
 def detect_set(
-    detector, data: DetectionSet, batch_size: int = 64, progress: bool = True
+    detector, data: DetectionSet, batch_size: int = 64, progress: bool = True, nms: float | None = NMS
 ) -> tuple[list[dict], list[dict]]:
     """COCO results for every image of `data`, querying all its category names; and the same tokens
     class-agnostic (category 1, each token's best class score), to tell localisation from naming."""
@@ -80,7 +81,7 @@ def detect_set(
         out = detector(x, queries)
         best = torch.sigmoid(out["logits"].float()).amax(-1)  # [B, N]
         corners = cxcywh_to_xyxy(out["boxes"].float()).clamp(0, 1)
-        for i, (boxes, scores, cls) in enumerate(top_detections(out["logits"], out["boxes"], MAX_DETS)):
+        for i, (boxes, scores, cls) in enumerate(top_detections(out["logits"], out["boxes"], MAX_DETS, nms)):
             im = kept[i]
             side = max(im.width, im.height)
             for b, s, c in zip((boxes * side).tolist(), scores.tolist(), cls.tolist()):
@@ -105,7 +106,8 @@ def evaluate_detection(detector, data: DetectionSet, batch_size: int = 64, progr
     one = {**gt, "categories": [{"id": 1, "name": "object"}],
            "annotations": [{**a, "category_id": 1} for a in gt["annotations"]]}  # fmt: skip
     result["class_agnostic"] = coco_ap(one, agnostic)
-    return {"n_images": len(kept), "n_detections": len(dets), "skipped": dict(data.skipped), "ap": result}
+    n = {"n_images": len(kept), "n_detections": len(dets), "nms_iou": NMS, "skipped": dict(data.skipped)}
+    return {**n, "ap": result}
 
 
 def eval_detect(
@@ -155,7 +157,7 @@ def detect_image(detector, image: Path, queries: list[str], threshold: float = 0
     pixels, scale = square_image(Path(image), detector.image_size)
     x = pixels[None].float().div(127.5).sub(1.0)
     out = detector(x, name_queries(detector, queries))
-    boxes, scores, cls = top_detections(out["logits"], out["boxes"], max_boxes)[0]
+    boxes, scores, cls = top_detections(out["logits"], out["boxes"], max_boxes, NMS)[0]
     keep = scores >= threshold
     side = detector.image_size / scale
     return [

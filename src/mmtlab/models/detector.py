@@ -137,14 +137,38 @@ def xyxy_to_cxcywh(b: Tensor) -> Tensor:
     return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], -1)
 
 
+def pairwise_iou(a: Tensor) -> Tensor:
+    """IoU [N, N] of xyxy boxes a [N, 4] with each other."""
+    lt = torch.maximum(a[:, None, :2], a[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], a[None, :, 2:])
+    inter = (rb - lt).clamp_min(0).prod(-1)
+    area = (a[:, 2:] - a[:, :2]).clamp_min(0).prod(-1)
+    return inter / (area[:, None] + area[None, :] - inter).clamp_min(1e-9)
+
+
+def fast_nms(scores: Tensor, boxes: Tensor, threshold: float) -> Tensor:
+    """Class-wise Fast NMS (Bolya et al. 2019, YOLACT, Sec. 3.3): scores [N, C] of N boxes [N, 4]
+    (xyxy) with a class's score zeroed where a higher-scoring box of that class overlaps it by IoU >
+    `threshold`. Every class shares the tokens' boxes, so one IoU matrix serves them all."""
+    overlap = pairwise_iou(boxes) > threshold  # [N, N]
+    higher = scores.T[:, None, :] > scores.T[:, :, None]  # [C, i, j]: box j outscores box i in class c
+    suppressed = (higher & overlap[None]).any(-1).T  # [N, C]
+    return scores.masked_fill(suppressed, 0.0)
+
+
 @torch.no_grad()
-def top_detections(logits: Tensor, boxes: Tensor, k: int = 100) -> list[tuple[Tensor, Tensor, Tensor]]:
+def top_detections(
+    logits: Tensor, boxes: Tensor, k: int = 100, nms: float | None = None
+) -> list[tuple[Tensor, Tensor, Tensor]]:
     """Per image the `k` highest (token, class) scores: (boxes [k, 4] xyxy in [0, 1], scores [k],
-    query indices [k]). A token may give several classes, as in DETR / OWL-ViT evaluation."""
+    query indices [k]). A token may give several classes, as in DETR / OWL-ViT evaluation. `nms`:
+    first suppress overlapping boxes of a class (`fast_nms` at that IoU)."""
     out = []
     scores = torch.sigmoid(logits.float())
     b, n, c = scores.shape
     for i in range(b):
-        s, idx = scores[i].flatten().topk(min(k, n * c))
-        out.append((cxcywh_to_xyxy(boxes[i].float())[idx // c].clamp(0, 1), s, idx % c))
+        corners = cxcywh_to_xyxy(boxes[i].float()).clamp(0, 1)
+        si = scores[i] if nms is None else fast_nms(scores[i], corners, nms)
+        s, idx = si.flatten().topk(min(k, n * c))
+        out.append((corners[idx // c], s, idx % c))
     return out
