@@ -321,3 +321,15 @@ def test_fast_nms_suppresses_overlaps_within_a_class_only():
     # class 0: box 1 overlaps the better box 0; class 1: box 1 is the best, box 0 is suppressed by it
     assert torch.equal(kept, torch.tensor([[0.9, 0.0], [0.0, 0.7], [0.5, 0.2]]))
     assert torch.equal(fast_nms(scores, boxes, 0.95), scores)  # IoU 0.82 < 0.95: nothing suppressed
+
+
+def test_a_build_from_before_the_coco_export_gets_its_instances_files(det_data):
+    from mmtlab.data.emoji_scenes import build_emoji_scenes
+
+    before = (det_data / "instances_val.json").read_bytes()
+    for p in det_data.glob("instances_*.json"):
+        p.unlink()
+    summary = build_emoji_scenes(
+        det_data, size=160, eval_size=16, heldout_size=8, seed=0, num_sprites=12, progress=False
+    )
+    assert summary["skipped"] and (det_data / "instances_val.json").read_bytes() == before
