@@ -303,6 +303,10 @@ def test_finetune_eval_and_detect_cli(det_data, tmp_path):
     shutil.copy(det_data / "detection" / "images" / "detect_test" / "detect_test_0000000.png", image)
     out = invoke("detect", run, "--image", image, "--queries", "cat, red apple", "--threshold", 0)
     assert (tmp_path / "scene_detect.png").exists() and "boxes at score" in out
+    invoke("finetune", "detect", run, "--out", tmp_path / "det", "--steps", 2, "--batch-size", 4, "--threads", 1)
+    info = json.loads((tmp_path / "det" / "detector.json").read_text())
+    assert info["settings"]["steps"] == 2 and info["image_size"] == 64 and len(info["base_categories"]) == 9
+    assert len((tmp_path / "det" / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 def test_detect_is_refused_for_a_family_without_a_text_side():
