@@ -337,3 +337,27 @@ def test_a_build_from_before_the_coco_export_gets_its_instances_files(det_data):
         det_data, size=160, eval_size=16, heldout_size=8, seed=0, num_sprites=12, progress=False
     )
     assert summary["skipped"] and (det_data / "instances_val.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("arch", ["mammut", "coca", "dual_captioner", "encoder"])
+def test_every_family_with_a_text_side_makes_a_detector(arch):
+    from mmtlab.config import load_config
+    from mmtlab.models import build_model
+    from mmtlab.models.detector import Detector
+
+    layout = {"layout": "modality_specific"} if arch == "encoder" else {"layout_args": {"vision_depth": 2}}
+    cfg = load_config({
+        "model": {"arch": arch, "width": 32, "depth": 4, "heads": 4, "embed_dim": 16, "image": {"size": 32, "patch": 8},
+                  "text": {"vocab_size": 40, "max_len": 20}, **layout},
+        "objectives": {"contrastive": 1.0},
+    })  # fmt: skip
+    torch.manual_seed(0)
+    det = Detector(build_model(cfg), 64)  # twice the pretraining size: an 8 x 8 grid from a 4 x 4 one
+    tokens = torch.randint(5, 40, (3, 6))
+    queries = det.embed_queries(tokens, torch.ones_like(tokens, dtype=torch.bool))
+    out = det(torch.randn(2, 3, 64, 64), queries)
+    assert out["logits"].shape == (2, 64, 3) and out["boxes"].shape == (2, 64, 4)
+    loss = detection_loss(out["logits"], out["boxes"], [(torch.tensor([1]), torch.tensor([[0.5, 0.5, 0.3, 0.3]]))] * 2)
+    loss["loss"].backward()
+    assert det.backbone.image_embed.pos.grad is not None  # the tower is trained through the heads
+    assert all(p.grad is None for p in det.text.parameters())  # the text copy is frozen
