@@ -60,15 +60,15 @@ def main(runs: list[str]) -> None:
         print("| " + " | ".join(str(row.get(c)) for c in cols) + " |")
     groups: dict = {}
     for row in rows:
-        groups.setdefault((row["arch"], row["cpe"]), []).append(row)
+        groups.setdefault((row["arch"], row["cpe"], row["pretrain_steps"]), []).append(row)
     print()
-    for (arch, cpe), rs in groups.items():
+    for (arch, cpe, steps), rs in groups.items():
         stats = []
         for k in ("base_AP", "novel_AP", "novel_AP50", "heldout_AP"):
             vals = [r[k] for r in rs if r.get(k) is not None]
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             stats.append(f"{k} {statistics.mean(vals):.2f} ± {sd:.2f}" if vals else f"{k} -")
-        print(f"{arch} cpe={cpe} (n={len(rs)}): " + ", ".join(stats))
+        print(f"{arch} cpe={cpe} {steps} steps (n={len(rs)}): " + ", ".join(stats))
 
 
 if __name__ == "__main__":
