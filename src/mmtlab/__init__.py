@@ -8,6 +8,6 @@ model, preprocess, tokenizer = mmtlab.load_model_and_transforms("runs/demo")
 
 __version__ = "0.1.0"
 
-from mmtlab.api import build_model, load, load_config, load_model_and_transforms  # noqa: E402
+from mmtlab.api import build_model, load, load_config, load_detector, load_model_and_transforms  # noqa: E402
 
-__all__ = ["build_model", "load", "load_config", "load_model_and_transforms", "__version__"]
+__all__ = ["build_model", "load", "load_config", "load_detector", "load_model_and_transforms", "__version__"]

@@ -1,4 +1,4 @@
-"""The stable Python entry points: load_config, build_model, load, load_model_and_transforms."""
+"""The stable Python entry points: load_config, build_model, load, load_model_and_transforms, load_detector."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from mmtlab.models import build_model
 from mmtlab.models.model import MultimodalTransformer
 from mmtlab.rundir import latest_checkpoint, load_model_weights
 
-__all__ = ["build_model", "load", "load_config", "load_model_and_transforms"]
+__all__ = ["build_model", "load", "load_config", "load_detector", "load_model_and_transforms"]
 
 
 def load(run_dir: str | Path, *, checkpoint: str | Path | None = None, device: str = "cpu") -> MultimodalTransformer:
@@ -41,3 +41,22 @@ def load_model_and_transforms(run_dir: str | Path, **kwargs):
     `preprocess(PIL image) -> [3, H, W]`, `tokenizer(list of str) -> (tokens, mask)`."""
     model = load(run_dir, **kwargs)
     return model, model.preprocess, model.tokenizer
+
+
+def load_detector(det_dir: str | Path, *, device: str = "cpu"):
+    """A detector fine-tuned by `mmtlab finetune detect` (models/detector.py), in eval mode, with
+    `.tokenizer`, `.run_config` (the pretrained run's) and `.info` (its detector.json)."""
+    import json
+
+    from mmtlab.models.detector import Detector
+
+    det_dir = Path(det_dir)
+    if not (det_dir / "detector.json").exists():
+        raise FileNotFoundError(f"{det_dir} is not a detector directory (no detector.json)")
+    info = json.loads((det_dir / "detector.json").read_text(encoding="utf-8"))
+    cfg: RunConfig = load_config(det_dir / "config.yaml")
+    detector = Detector(build_model(cfg), info["image_size"])
+    load_model_weights(det_dir, detector)
+    detector.tokenizer = load_tokenizer(det_dir / "tokenizer.json", cfg.model.text.max_len)
+    detector.run_config, detector.info = cfg, info
+    return detector.to(device).eval()

@@ -2,7 +2,8 @@
 
 Each writes RUN_DIR/eval/<name>.json and returns its metrics. The runners live with their layer:
 eval/runs.py (retrieval, mlm, caption, vqa, probe, fewshot, zeroshot), diagnostics/runs.py (the cross-modal
-ablation); VQA may first fine-tune the run (train/finetune.py), which is why the registry sits
+ablation), eval/detect.py; VQA and detection may first fine-tune the run (train/finetune.py,
+train/detect.py), which is why the registry sits
 above all three. A family lists the names that apply to it (mmtlab/families.py: `evals`).
 """
 
@@ -13,6 +14,8 @@ from pathlib import Path
 
 from mmtlab.diagnostics.runs import eval_ablation
 from mmtlab.eval import runs
+from mmtlab.eval.detect import eval_detect as _eval_detect
+from mmtlab.train.detect import finetune_detect
 from mmtlab.train.finetune import finetune_vqa
 
 
@@ -35,6 +38,30 @@ def eval_vqa(
     return runs.eval_vqa(run_dir, split, data, max_questions, progress, model_dir=tuned, finetune_steps=finetune_steps)
 
 
+def eval_detect(
+    run_dir: Path,
+    split: str = "detect_test",
+    data: Path | None = None,
+    finetune_steps: int | None = None,
+    finetune_lr: float | None = None,
+    max_images: int | None = None,
+    progress: bool = True,
+    **finetune,
+) -> dict:
+    """Open-vocabulary detection AP (base / novel / held-out). RUN_DIR is a detector directory, or a
+    pretrained run whose detector is RUN_DIR/detect; with `finetune_steps` the run is first
+    fine-tuned into RUN_DIR/detect on the base categories (train/detect.py; `finetune`: its other
+    settings, e.g. batch_size, seed, threads)."""
+    runs.at_least_one(finetune_steps=finetune_steps, max_images=max_images)
+    tuned = None
+    if finetune_steps:
+        runs.require_eval(runs.load_run(Path(run_dir))[1], "detect", Path(run_dir))
+        kw = {"lr": finetune_lr} if finetune_lr is not None else {}
+        tuned = finetune_detect(run_dir, steps=finetune_steps, data=data, progress=progress, **kw, **finetune)
+    return _eval_detect(run_dir, split, data, max_images=max_images, progress=progress, model_dir=tuned,
+                        finetune_steps=finetune_steps)  # fmt: skip
+
+
 EVALS: dict[str, Callable[..., dict]] = {
     "retrieval": runs.eval_retrieval,
     "mlm": runs.eval_mlm,
@@ -44,4 +71,5 @@ EVALS: dict[str, Callable[..., dict]] = {
     "fewshot": runs.eval_fewshot,
     "ablation": eval_ablation,
     "zeroshot": runs.eval_zeroshot,
+    "detect": eval_detect,
 }

@@ -62,7 +62,9 @@ class Family:
     fields: tuple[str, ...] = ()  # model fields only this family reads (an error elsewhere; "text.causal": nested)
     complete: str | None = None  # "module:fn(cfg) -> cfg": config from other runs, before training
     load_pretrained: str | None = None  # "module:fn(model) -> int": frozen parts, before training
-    evals: tuple[str, ...] = ()  # `mmtlab eval NAME` that apply (the contrastive ones need the head too)
+    # `mmtlab eval NAME` that apply (the contrastive ones, detect among them, need the head too: detection's
+    # classifier is the text side's embeddings of the category names)
+    evals: tuple[str, ...] = ()
 
     @property
     def model_class(self) -> type:
@@ -77,7 +79,7 @@ _DECODER = dict(
     passes="decoder",
     objectives=CONTRASTIVE | {"caption"},
     generative=True,
-    evals=("retrieval", "zeroshot", "caption", "vqa"),
+    evals=("retrieval", "zeroshot", "caption", "vqa", "detect"),
 )
 
 FAMILIES: dict[str, Family] = {
@@ -99,7 +101,7 @@ FAMILIES: dict[str, Family] = {
             "post_norm",
             "text.embed_norm",
         ),
-        evals=("retrieval", "zeroshot", "mlm", "probe", "ablation"),
+        evals=("retrieval", "zeroshot", "mlm", "probe", "ablation", "detect"),
     ),
     "mammut": Family("mmtlab.models.mammut:MaMMUT", layout="mammut", **_DECODER),
     "coca": Family("mmtlab.models.coca:CoCa", layout="coca", fields=("caption_queries",), **_DECODER),

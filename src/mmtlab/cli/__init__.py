@@ -1,7 +1,9 @@
-"""Command line: `mmtlab demo | data build | train | eval | ablate | caption | report | layout | import | export`.
+"""Command line: `mmtlab demo | data build | train | eval | ablate | caption | report | layout | import | export |
+finetune | detect`.
 
 The app and its shared pieces are here; the commands are in data.py, run.py (train, demo, study,
-report, layout), evaluate.py (eval, caption, ablate) and hub.py (import, export)."""
+report, layout), evaluate.py (eval, caption, ablate), detect.py (finetune detect, eval detect, detect) and hub.py
+(import, export)."""
 
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ class UserError(Exception):
 
 
 # The commands, registered on `app` by importing their modules (after app, console, UserError exist).
-from mmtlab.cli import data, evaluate, hub, run  # noqa: E402,F401
+from mmtlab.cli import data, detect, evaluate, hub, run  # noqa: E402,F401
 
 
 def main() -> None:

@@ -35,6 +35,11 @@ def data_build(
     ] = "alt_text=0.6,descriptive=0.3,narrative=0.1",
     num_sprites: Annotated[int | None, typer.Option(help="restrict the vocabulary to the N most basic sprites")] = None,
     eval_size: Annotated[int, typer.Option(help="images in val and in test (5 descriptive captions each)")] = 1000,
+    detection_size: Annotated[
+        int, typer.Option(help="also write a detection benchmark at N px into OUT/detection (0: none)")
+    ] = 0,
+    detection_train: Annotated[int, typer.Option(help="detection: training images (base sprites only)")] = 4000,
+    detection_test: Annotated[int, typer.Option(help="detection: test images (val: half as many)")] = 1000,
 ):
     """Build emoji-scenes: images + Karpathy JSON + WebDataset shards + preview.png."""
     if name != "emoji-scenes":
@@ -57,6 +62,17 @@ def data_build(
     except OSError as e:
         raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     console.print(f"[green]emoji-scenes ready[/] in {out}: " + json.dumps(summary.get("counts", summary)))
+    if detection_size:
+        from mmtlab.data.emoji_scenes.detection import build_detection
+
+        try:
+            det = build_detection(out, image_size=detection_size, train=detection_train,
+                                  val=max(1, detection_test // 2), test=detection_test)  # fmt: skip
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        sets = ", ".join(f"{len(v['ids'])} {k}" for k, v in det["sets"].items())
+        console.print(f"[green]detection benchmark ready[/] in {out}/detection ({detection_size} px; {sets}): "
+                      + json.dumps(det["counts"]))  # fmt: skip
 
 
 @data_app.command("interleaved")

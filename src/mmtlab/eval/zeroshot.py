@@ -31,21 +31,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from mmtlab.data.emoji_scenes.english import with_article
 from mmtlab.data.emoji_scenes.singles import controlled_group, single_sprite
 from mmtlab.data.emoji_scenes.sprites import SpriteAtlas
+from mmtlab.data.prompts import TEMPLATES, prompts
 from mmtlab.progress import track
-
-# Prompt templates: {} is the sprite name with its article ("a cat"). A mix of the corpus styles
-# the models are trained on (descriptive, alt-text), as CLIP's 80 ImageNet templates mix phrasings.
-TEMPLATES = (
-    "a picture of {}.",
-    "an image showing {}.",
-    "a drawing of {}.",
-    "a colorful icon of {}.",
-    "{} on a plain background.",
-    "{} emoji",
-)
 
 MIN_PER_CLASS = 4  # single-sprite images per class at least, and enough for MIN_IMAGES per subset
 MIN_IMAGES = 1000  # a small vocabulary gets more images per sprite, so its accuracy is not noisier
@@ -96,7 +85,7 @@ def class_embeddings(
 ) -> Tensor:
     """Prompt ensembling: [C, E] unit vectors, the renormalised mean over `templates` of each class
     name's normalised text embeddings."""
-    texts = [t.format(with_article(name)) for name in names for t in templates]
+    texts = prompts(names, templates)
     emb = F.normalize(embed_texts(encode, texts, batch_size), dim=-1)
     return F.normalize(emb.view(len(names), len(templates), -1).mean(1), dim=-1)
 

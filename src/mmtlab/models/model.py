@@ -122,6 +122,11 @@ class MultimodalTransformer(ModelBase):
         if getattr(self, head) is None:
             raise RuntimeError(f"this model has no {head} head (model.outputs = {self.cfg.outputs})")
 
+    def image_tokens(self, images: Images, pos_box=None) -> Tensor:
+        """The image stream's final-normed tokens [B, N, D] on their own (first: [CLS]), as the
+        decoder families' `image_tokens` (detection reads the patch tokens)."""
+        return self(images=images, pos_box=pos_box)["image"]
+
     def encode_image(self, images: Tensor, pos_box=None) -> Tensor:
         """L2-normalised image embeddings [B, E] (models with a contrastive head); `pos_box`: CPE crops."""
         self._require("contrastive")

@@ -40,6 +40,7 @@ from ..formats import flickr30k_entities
 from ..formats.karpathy import write_karpathy
 from ..formats.webdataset import ShardWriter
 from .captions import STYLES, caption_scene
+from .detection import export_coco, instances_file
 from .export import export_flickr30k_entities, write_preview
 from .scenes import generate_scene, scene_rng
 from .sprites import SpriteAtlas
@@ -109,6 +110,11 @@ def build_emoji_scenes(
         "atlas_sha256": atlas.digest,
     }
     existing = _existing_build(out_dir, params)
+    if existing is not None and not (out_dir / instances_file("test")).exists():  # built before the COCO export
+        karpathy = json.loads((out_dir / KARPATHY_FILE).read_text(encoding="utf-8"))["images"]
+        export_coco(
+            out_dir, [{**e, "labels": e.get("labels") or []} for e in karpathy], atlas, vocab, heldout, image_size
+        )
     if existing is not None:
         return {**existing, "out_dir": str(out_dir), "skipped": True}
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "meta.json").exists():
@@ -142,6 +148,7 @@ def build_emoji_scenes(
                 "shards": "shards/{split}-{shard:06d}.tar",
                 "preview": "preview.png",
                 "flickr30k_entities": flickr30k_entities.EXPORT_DIR,
+                "coco": "instances_{split}.json",
             },
             "build_seconds": round(time.perf_counter() - started, 2),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -368,6 +375,7 @@ def _write_dataset(
         counts[s]["shards"] = len(writers[s].paths)
     counts["noisy_pretrain"] = int(plan["noisy"].sum())
     write_karpathy(root / KARPATHY_FILE, images_meta, dataset=DATASET_NAME)
+    export_coco(root, images_meta, atlas, cfg.vocab, cfg.heldout, cfg.image_size)
     eval_images = [m for m in images_meta if m["split"] in EVAL_SPLITS]
     size = (cfg.image_size, cfg.image_size)
     export_flickr30k_entities(root / flickr30k_entities.EXPORT_DIR, eval_images, atlas.categories, size)
