@@ -15,13 +15,13 @@ def lm_config() -> ModelConfig:
     return ModelConfig(arch="lm", width=32, depth=2, heads=2, text={"max_len": 40, "vocab_size": VOCAB})
 
 
-def tiny_flamingo(seed: int = 0, gate_init: float = 0.0) -> tuple[Flamingo, CausalLM]:
+def tiny_flamingo(seed: int = 0, gate_init: float = 0.0, vision_cfg: dict = VISION) -> tuple[Flamingo, CausalLM]:
     torch.manual_seed(seed)
     lm = CausalLM(lm_config())
-    vision = build_model(ModelConfig(**VISION, text={"vocab_size": VOCAB}))
+    vision = build_model(ModelConfig(**vision_cfg, text={"vocab_size": VOCAB}))
     cfg = lm_config().model_dump()
     cfg.update(arch="flamingo", layout="flamingo")
-    cfg["flamingo"] = {"vision_run": "-", "lm_run": "-", "latents": 4, "resampler_depth": 1, "vision": VISION}
+    cfg["flamingo"] = {"vision_run": "-", "lm_run": "-", "latents": 4, "resampler_depth": 1, "vision": vision_cfg}
     cfg["flamingo"]["gate_init"] = gate_init
     model = Flamingo(ModelConfig.model_validate(cfg))
     model.load_frozen(vision.state_dict(), lm.state_dict())
@@ -79,6 +79,21 @@ def test_frozen_parameters_unchanged_by_a_step():
             assert torch.equal(p, frozen[n]), f"frozen {n} changed"
     changed = [n for n, p in model.named_parameters() if n in trained and not torch.equal(p, trained[n])]
     assert any(n.endswith("_gate") for n in changed) and any(n.startswith("resampler.") for n in changed)
+
+
+def test_frozen_vision_keeps_its_batchnorm_statistics_in_training():
+    # A conv stem's BatchNorm in train mode would normalise by batch statistics and overwrite the
+    # vision run's running statistics: the "frozen" encoder would drift with Flamingo's data.
+    model, _ = tiny_flamingo(vision_cfg={**VISION, "image": {**VISION["image"], "stem": "conv"}})
+    buffers = {n: b.clone() for n, b in model.vision.named_buffers()}
+    assert any("running_mean" in n for n in buffers)
+    images, counts = torch.randn(4, 3, 32, 32) * 3 + 1, torch.tensor([2, 2])
+    expected = model.media_tokens(images, counts)  # eval mode
+    model.train()
+    assert not model.vision.training and model.resampler.training
+    assert torch.equal(model.media_tokens(images, counts), expected)
+    for n, b in model.vision.named_buffers():
+        assert torch.equal(b, buffers[n]), f"frozen vision buffer {n} changed"
 
 
 def test_media_masking_only_the_immediately_preceding_image():

@@ -111,6 +111,11 @@ class Flamingo(ModelBase):
         for frozen in (self.vision, self.text_embed, self.norm):
             frozen.requires_grad_(False)
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.vision.eval()  # frozen: a conv stem's BatchNorm keeps the vision run's statistics
+        return self
+
     @property
     def media_id(self) -> int:
         return self.cfg.text.vocab_size
