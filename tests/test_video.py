@@ -119,3 +119,101 @@ def test_webvid_shards(built, tmp_path):
     keys = [s["key"] for s in iter_video_shards(str(tmp_path / "bad-000000.tar"), stats=stats)]
     assert keys == ["b"]
     assert (stats.corrupt_videos, stats.missing_videos, stats.videos) == (1, 1, 1)
+
+
+# ------------------------------------------------------------------------------------ video encoder
+
+import torch  # noqa: E402
+
+from mmtlab.config import ModelConfig  # noqa: E402
+from mmtlab.config.sections import TubeConfig, VideoConfig  # noqa: E402
+from mmtlab.models import build_model  # noqa: E402
+from mmtlab.models.video import Tube, VideoEmbedding  # noqa: E402
+
+
+def _mammut(video: dict | None, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(arch="mammut", width=32, depth=2, heads=2, embed_dim=32, pool="mean",
+                      layout_args={"vision_depth": 2, "cross_every": 2},
+                      image={"size": 64, "patch": 8}, text={"max_len": 16, "vocab_size": 50},
+                      outputs=["contrastive"], video=video)  # fmt: skip
+    return build_model(cfg).eval()
+
+
+def test_tube_shapes_and_coverage():
+    """Each default tube shape yields the token count of its sparse grid, and together the tubes'
+    receptive fields touch every frame and most of the clip's pixels (sparse, but not blind)."""
+    cfg = VideoConfig()
+    emb = VideoEmbedding(cfg, 32, 3)
+    video = torch.randn(2, 3, 8, 64, 64)
+    covered = torch.zeros(8, 64, 64, dtype=torch.bool)
+    for tube, tc in zip(emb.tubes, cfg.tubes, strict=True):
+        n = tube.grid((8, 64, 64))
+        assert tube(video).shape == (2, n[0] * n[1] * n[2], 32)
+        for t, y, x in tube.centres((8, 64, 64)).tolist():
+            (kt, kh, kw) = tc.kernel
+            t0, y0, x0 = round(t - kt / 2), round(y - kh / 2), round(x - kw / 2)
+            covered[t0 : t0 + kt, y0 : y0 + kh, x0 : x0 + kw] = True
+    assert covered.any(dim=(1, 2)).all()  # every frame
+    assert 0.2 < covered.float().mean() < 1.0  # sparse
+    # far fewer tokens than dense 2x8x8 3D patches (256), with frames at stride 4 (2 x 64)
+    assert emb.num_tokens(8, 64, 64, 8) == 128 + 32 + 16 + 8
+    with pytest.raises(ValueError, match="does not fit"):
+        Tube(3, 8, (16, 8, 8), (1, 1, 1), (0, 0, 0)).grid((8, 64, 64))
+
+
+def test_video_runs_through_the_image_vit():
+    model = _mammut({})
+    clip = torch.randn(2, 8, 3, 64, 64)
+    tokens = model.image_tokens(clip)
+    assert tokens.shape == (2, model.video_embed.num_tokens(8, 64, 64, 8), 32)
+    emb = model.encode_image(clip)
+    assert emb.shape == (2, 32) and torch.allclose(emb.norm(dim=-1), torch.ones(2))
+    # no parallel ViT: the video path adds only the tube convs and the gate
+    extra = {n for n, _ in model.named_parameters() if n.startswith("video_embed")}
+    tubes = {f"video_embed.tubes.{i}.proj.{w}" for i in range(3) for w in ("weight", "bias")}
+    assert extra == {"video_embed.gate"} | tubes
+    # an image run's weights fill everything else (init_from), and images give what they gave there
+    image_model = _mammut(None, seed=1)
+    missing, unexpected = model.load_state_dict(image_model.state_dict(), strict=False)
+    assert set(missing) == extra and not unexpected
+    images = torch.randn(2, 3, 64, 64)
+    assert torch.equal(model.encode_image(images), image_model.encode_image(images))
+
+
+def test_gate_zero_is_exactly_the_ungated_model():
+    """The gated connection at 0 adds exactly nothing: tokens equal the `gate: false` arm's."""
+    gated, plain = _mammut({}), _mammut({"gate": False})
+    plain.load_state_dict({k: v for k, v in gated.state_dict().items() if k != "video_embed.gate"})
+    clip = torch.randn(2, 8, 3, 64, 64)
+    assert gated.video_embed.gate.item() == 0.0
+    assert torch.equal(gated.image_tokens(clip), plain.image_tokens(clip))
+    with torch.no_grad():
+        gated.video_embed.gate.fill_(0.5)
+    assert not torch.equal(gated.image_tokens(clip), plain.image_tokens(clip))
+
+
+def test_frames_only_is_the_image_patches_plus_time():
+    """Without tubes, a clip's tokens are exactly the image model's patch tokens of the sampled
+    frames (its conv and learned positions), each plus the fixed time embedding of its frame."""
+    from mmtlab.models.video import sincos
+
+    model = _mammut({"tubes": [], "frame_stride": 4})
+    clip = torch.randn(1, 8, 3, 64, 64)
+    got = model.visual_embed(clip)
+    per_frame = [model.image_embed(clip[:, t])[:, 1:] if model.image_embed.cls is not None
+                 else model.image_embed(clip[:, t]) for t in (0, 4)]  # fmt: skip
+    time = sincos(torch.tensor([0.0, 4.0]), 32)
+    want = torch.cat([per_frame[0] + time[0], per_frame[1] + time[1]], dim=1)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_ablation_arms_build():
+    for video in ({"fixed_pos": False}, {"gate": False}, {"tubes": [], "frame_stride": 4},
+                  {"tubes": [], "frame_stride": 8}):  # fmt: skip
+        m = _mammut(video)
+        assert m.encode_image(torch.randn(1, 8, 3, 64, 64)).shape == (1, 32)
+    with pytest.raises(ValueError, match="needs tubes or a frame_stride"):
+        VideoConfig(tubes=[], frame_stride=None)
+    with pytest.raises(ValueError, match="tube kernel"):
+        TubeConfig(kernel=(0, 8, 8), stride=(1, 1, 1))
