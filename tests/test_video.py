@@ -217,3 +217,34 @@ def test_ablation_arms_build():
         VideoConfig(tubes=[], frame_stride=None)
     with pytest.raises(ValueError, match="tube kernel"):
         TubeConfig(kernel=(0, 8, 8), stride=(1, 1, 1))
+
+
+# ------------------------------------------------------------------------------------ tasks
+
+
+def test_video_build_is_a_data_root_for_training_and_eval(built):
+    """load_split reads the MSR-VTT build; with model.video the image source decodes clips, and the
+    retrieval and captioning evals take them through their usual code."""
+    from mmtlab.config import DataConfig
+    from mmtlab.data.sources import load_split
+    from mmtlab.data.video import VideoCache
+    from mmtlab.eval.retrieval import embed_records, retrieval_metrics
+
+    records = load_split(DataConfig(root=str(built)), "test")
+    assert len(records) == 3 and len(records[0].captions) == 5
+    source = VideoCache(records, 64, frames=8, stride=1)
+    assert source.get(0).shape == (8, 3, 64, 64)
+    model = _mammut({})
+
+    class Tok:  # a stand-in tokenizer: one token per word, ids from the word's hash
+        def __call__(self, texts):
+            ids = torch.tensor([[1 + sum(map(ord, w)) % 48 for w in t.split()[:8]] + [0] * (8 - len(t.split()[:8]))
+                                for t in texts])  # fmt: skip
+            return ids, ids > 0
+
+    emb = embed_records(model, Tok(), records, source=source, progress=False)
+    assert emb.images.shape == (3, 32) and len(emb.captions) == 15
+    assert set(retrieval_metrics(emb)) >= {"i2t_r1", "t2i_r1"}
+    # a clip shorter than the model's frames is skipped and counted, not padded
+    short = VideoCache(records, 64, frames=8, stride=2)
+    assert short.get(0) is None and short.bad == {0}

@@ -214,6 +214,7 @@ def eval_caption(
             progress=progress,
             method=method,
             num_beams=num_beams,
+            source=image_source(cfg, records, progress) if cfg.model.video else None,
         ),
     }
     atomic_write_json(run_dir / "eval" / "caption.json", result)
