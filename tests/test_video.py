@@ -248,3 +248,20 @@ def test_video_build_is_a_data_root_for_training_and_eval(built):
     # a clip shorter than the model's frames is skipped and counted, not padded
     short = VideoCache(records, 64, frames=8, stride=2)
     assert short.get(0) is None and short.bad == {0}
+
+
+def test_videoqa_questions_come_from_qa_json(built):
+    """A video build's qa.json feeds the VQA data and eval (make_questions reads the records' own
+    questions), and accuracy is reported by the video question types with their majority answer."""
+    from mmtlab.config import DataConfig
+    from mmtlab.data.emoji_scenes.vqa import make_questions
+    from mmtlab.data.sources import load_split
+    from mmtlab.eval.vqa import vqa_accuracy
+
+    records = load_split(DataConfig(root=str(built)), "val")
+    qs = make_questions(records)
+    assert {q.qtype for q in qs} >= {"first", "after", "count_appear"}
+    assert all(0 <= q.record < len(records) for q in qs)
+    result = vqa_accuracy(qs, [q.answer for q in qs])
+    assert result["accuracy"] == 100.0 and set(result["n_by_type"]) == {q.qtype for q in qs}
+    assert set(result["majority_answer"]) == set(result["n_by_type"])

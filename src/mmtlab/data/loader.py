@@ -97,7 +97,8 @@ def training_dataset(cfg: RunConfig):
     if cfg.data.task == "vqa":
         if cfg.model.image.input == "regions":
             raise ConfigError("data.task: vqa reads pixels; set model.image.input: patches")
-        return VQAPairs(records, cfg.model.image.size, cfg.data.max_train_pairs)
+        images = image_source(cfg, records) if cfg.model.video else None
+        return VQAPairs(records, cfg.model.image.size, cfg.data.max_train_pairs, images=images)
     images = image_source(cfg, records) if cfg.model.image.input == "regions" or cfg.model.video else None
     return ImageTextPairs(records, cfg.model.image.size, cfg.data.max_train_pairs, images=images)
 

@@ -24,6 +24,7 @@ from mmtlab.data.formats.video import VideoDecodeError, decode_mp4
 from mmtlab.data.pairs import to_float
 
 ANNOTATIONS = "annotations.json"
+QA = "qa.json"
 
 
 def is_video_root(root: str | Path) -> bool:
@@ -32,7 +33,8 @@ def is_video_root(root: str | Path) -> bool:
 
 
 def read_video_records(root: str | Path, split: str) -> list[ImageRecord]:
-    """One record per video of `split` (path = its .mp4, captions = its sentences, in id order)."""
+    """One record per video of `split` (path = its .mp4, captions = its sentences, in file order);
+    with a qa.json beside it, each record's `extra["questions"]` holds its questions."""
     root = Path(root)
     path = root / ANNOTATIONS
     try:
@@ -41,18 +43,24 @@ def read_video_records(root: str | Path, split: str) -> list[ImageRecord]:
         caps: dict[str, list[str]] = {}
         for s in sentences:
             caps.setdefault(s["video_id"], []).append(s["caption"])
-        return [
-            ImageRecord(
-                i,
-                root / "videos" / f"{v['video_id']}.mp4",
-                split,
-                caps.get(v["video_id"], []),
-                extra={k: v[k] for k in ("video_id", "events", "boxes", "names") if k in v},
-            )  # fmt: skip
-            for i, v in enumerate(v for v in videos if v.get("split") == split)
-        ]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not an MSR-VTT annotation file with 'videos' and 'sentences' ({e})") from None
+    qa: dict[str, list[dict]] = {}
+    qa_path = root / QA
+    if qa_path.is_file():  # MSRVTT-QA-like: {split: [{video_id, question, answer, type}]}
+        try:
+            for q in json.loads(qa_path.read_text()).get(split, []):
+                qa.setdefault(q["video_id"], []).append(q)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{qa_path}: not a {{split: [{{video_id, question, answer, type}}]}} file ({e})") from None
+    records = []
+    for v in (v for v in videos if v.get("split") == split):
+        extra = {k: v[k] for k in ("video_id", "events", "boxes", "names") if k in v}
+        if qa:
+            extra["questions"] = qa.get(v["video_id"], [])
+        file = root / "videos" / f"{v['video_id']}.mp4"
+        records.append(ImageRecord(len(records), file, split, caps.get(v["video_id"], []), extra=extra))
+    return records
 
 
 class VideoCache:

@@ -286,7 +286,15 @@ def eval_vqa(
         "split": split,
         "model": str(model_dir or run_dir),
         **info,
-        **evaluate_vqa(model, model.tokenizer, records, questions, batch_size=cfg.eval.batch_size, progress=progress),
+        **evaluate_vqa(
+            model,
+            model.tokenizer,
+            records,
+            questions,
+            batch_size=cfg.eval.batch_size,
+            progress=progress,
+            source=image_source(cfg, records, progress) if cfg.model.video else None,
+        ),  # fmt: skip
     }
     atomic_write_json(run_dir / "eval" / "vqa.json", result)
     return result
