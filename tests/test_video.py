@@ -210,9 +210,17 @@ def test_frames_only_is_the_image_patches_plus_time():
 
 def test_ablation_arms_build():
     for video in ({"fixed_pos": False}, {"gate": False}, {"tubes": [], "frame_stride": 4},
-                  {"tubes": [], "frame_stride": 8}):  # fmt: skip
+                  {"tubes": [], "frame_stride": 8, "frame_start": 4}):  # fmt: skip
         m = _mammut(video)
         assert m.encode_image(torch.randn(1, 8, 3, 64, 64)).shape == (1, 32)
+    # the single-middle-frame baseline sees frame 4 only: the other frames change nothing
+    m = _mammut({"tubes": [], "frame_stride": 8, "frame_start": 4})
+    a = torch.randn(1, 8, 3, 64, 64)
+    b = a.clone()
+    b[:, :4] = torch.randn(1, 4, 3, 64, 64)
+    b[:, 5:] = 0
+    assert torch.equal(m.encode_image(a), m.encode_image(b))
+    assert m.video_embed.num_tokens(8, 64, 64, 8) == 64
     with pytest.raises(ValueError, match="needs tubes or a frame_stride"):
         VideoConfig(tubes=[], frame_stride=None)
     with pytest.raises(ValueError, match="tube kernel"):

@@ -196,6 +196,9 @@ class VideoConfig(Strict):
 
     frames: int = Field(8, gt=0, description="frames the model reads per clip")
     frame_stride: int | None = Field(4, gt=0, description="2D image patches of every N-th frame (null: none)")
+    frame_start: int = Field(
+        0, ge=0, description="first frame given image patches (the middle one: a 1-frame baseline)"
+    )
     tubes: list[TubeConfig] = Field(default_factory=lambda: [TubeConfig(**t) for t in DEFAULT_TUBES])
     fixed_pos: bool = Field(True, description="fixed 3D sine-cosine position embeddings on the tubes")
     gate: bool = Field(True, description="learned gated connection from the ViT's learned 2D positions into the tubes")

@@ -100,12 +100,12 @@ class VideoEmbedding(nn.Module):
         b, t, _, h, w = video.shape
         parts = []
         if self.cfg.frame_stride is not None:
-            frames = video[:, :: self.cfg.frame_stride]  # [B, t', C, H, W]
+            frames = video[:, self.cfg.frame_start :: self.cfg.frame_stride]  # [B, t', C, H, W]
             tf = frames.shape[1]
             x = patch.proj(frames.flatten(0, 1)).flatten(2).transpose(1, 2)  # [B*t', n, D]
             n = x.shape[1]
             x = x + patch.pos_embed((h // patch.patch_size, w // patch.patch_size)).to(x.dtype)
-            times = torch.arange(tf, dtype=torch.float32) * self.cfg.frame_stride
+            times = self.cfg.frame_start + torch.arange(tf, dtype=torch.float32) * self.cfg.frame_stride
             x = x + sincos(times, self.dim).to(x).repeat(b, 1)[:, None]  # fixed time of each frame
             parts.append(x.reshape(b, tf * n, self.dim))
         if self.tubes:
@@ -118,5 +118,6 @@ class VideoEmbedding(nn.Module):
         return x
 
     def num_tokens(self, t: int, h: int, w: int, patch: int) -> int:
-        frames = len(range(0, t, self.cfg.frame_stride)) * (h // patch) * (w // patch) if self.cfg.frame_stride else 0
+        stride, start = self.cfg.frame_stride, self.cfg.frame_start
+        frames = len(range(start, t, stride)) * (h // patch) * (w // patch) if stride else 0
         return frames + sum(math.prod(tube.grid((t, h, w))) for tube in self.tubes)
