@@ -273,3 +273,38 @@ def test_videoqa_questions_come_from_qa_json(built):
     result = vqa_accuracy(qs, [q.answer for q in qs])
     assert result["accuracy"] == 100.0 and set(result["n_by_type"]) == {q.qtype for q in qs}
     assert set(result["majority_answer"]) == set(result["n_by_type"])
+
+
+# ------------------------------------------------------------------------------------ Flamingo
+
+
+def test_flamingo_video_masking():
+    """Clips [N, T, 3, H, W] go frames -> frozen vision -> resampler with time embeddings; each
+    text token cross-attends only to the clip just before it, and frame order matters."""
+    from test_flamingo import document, tiny_flamingo
+
+    model, _ = tiny_flamingo()
+    for p in (p for n, p in model.named_parameters() if n.endswith("_gate")):
+        p.data.fill_(1.0)
+    with torch.no_grad():
+        model.resampler.time.normal_()  # trained time embeddings (they start at zero)
+    tokens = document(model)[:1]  # text 0-2 | <clip> 3, text 4-6 | <clip> 7, text 8-11
+    counts = torch.tensor([2])
+    clips = torch.randn(2, 4, 3, 32, 32)
+
+    def out(c):
+        return model(tokens, model.media_tokens(c, counts))[0]
+
+    base = out(clips)
+    later = clips.clone()
+    later[1, 2] = torch.randn(3, 32, 32)  # one frame of the second clip
+    changed = out(later)
+    assert torch.equal(base[:7], changed[:7])  # tokens before the second clip do not see it
+    assert not torch.allclose(base[7:], changed[7:])
+    earlier = clips.clone()
+    earlier[0, 3] = torch.randn(3, 32, 32)
+    assert torch.equal(out(earlier)[:3], base[:3]) and not torch.allclose(out(earlier)[3:7], base[3:7])
+    # the same frames in the other order are another clip
+    reversed_first = clips.clone()
+    reversed_first[0] = clips[0].flip(0)
+    assert not torch.allclose(out(reversed_first)[3:7], base[3:7])
