@@ -24,7 +24,7 @@ def _parse_styles(spec: str) -> dict[str, float]:
 
 @data_app.command("build")
 def data_build(
-    name: Annotated[str, typer.Argument(help="dataset to build: emoji-scenes")],
+    name: Annotated[str, typer.Argument(help="dataset to build: emoji-scenes or emoji-video")],
     out: Annotated[Path, typer.Option(help="output directory")] = Path("data/emoji-scenes"),
     size: Annotated[int, typer.Option(help="number of pretraining images (one web-style caption each)")] = 20000,
     seed: Annotated[int, typer.Option(help="generation seed")] = 0,
@@ -40,10 +40,15 @@ def data_build(
     ] = 0,
     detection_train: Annotated[int, typer.Option(help="detection: training images (base sprites only)")] = 4000,
     detection_test: Annotated[int, typer.Option(help="detection: test images (val: half as many)")] = 1000,
+    num_frames: Annotated[int, typer.Option(help="emoji-video: frames per clip (even, >= 4)")] = 8,
 ):
-    """Build emoji-scenes: images + Karpathy JSON + WebDataset shards + preview.png."""
+    """Build emoji-scenes (images + Karpathy JSON + WebDataset shards + preview.png) or emoji-video
+    (H.264 MP4 clips + MSR-VTT JSON + QA + WebVid-style shards; uses --size, --eval-size, --seed,
+    --image-size, --num-sprites, --num-frames)."""
+    if name == "emoji-video":
+        return _build_video(out, size, eval_size, seed, image_size, num_sprites, num_frames)
     if name != "emoji-scenes":
-        raise UserError(f"unknown dataset {name!r}; available: emoji-scenes")
+        raise UserError(f"unknown dataset {name!r}; available: emoji-scenes, emoji-video")
     from mmtlab.data.emoji_scenes import build_emoji_scenes
 
     try:
@@ -73,6 +78,21 @@ def data_build(
         sets = ", ".join(f"{len(v['ids'])} {k}" for k, v in det["sets"].items())
         console.print(f"[green]detection benchmark ready[/] in {out}/detection ({detection_size} px; {sets}): "
                       + json.dumps(det["counts"]))  # fmt: skip
+
+
+def _build_video(out: Path, size: int, eval_size: int, seed: int, frame_size: int, num_sprites, num_frames):
+    from mmtlab.data.emoji_video import build_emoji_video
+
+    if out == Path("data/emoji-scenes"):  # the default names the image build
+        out = Path("data/emoji-video")
+    try:
+        summary = build_emoji_video(out, size=size, eval_size=eval_size, seed=seed, frame_size=frame_size,
+                                    num_sprites=num_sprites or 20, num_frames=num_frames)  # fmt: skip
+    except ValueError as e:
+        raise UserError(str(e).replace("frame_size", "--image-size").replace("num_frames", "--num-frames")) from None
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    console.print(f"[green]emoji-video ready[/] in {out}: " + json.dumps(summary["counts"]))
 
 
 @data_app.command("interleaved")

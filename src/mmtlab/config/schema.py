@@ -23,7 +23,7 @@ from mmtlab.config.objectives import (
     check_objective_options,
     heads_for,
 )
-from mmtlab.config.sections import Data2VecConfig, FlamingoConfig, SpeechConfig
+from mmtlab.config.sections import Data2VecConfig, FlamingoConfig, SpeechConfig, VideoConfig
 from mmtlab.config.towers import ImageConfig, TextConfig
 from mmtlab.families import FAMILIES, FAMILY_LAYOUTS, family
 
@@ -75,6 +75,9 @@ class ModelConfig(Strict):
     speech: SpeechConfig | None = Field(None, description="speech front end (data2vec speech models)")
     data2vec: Data2VecConfig | None = Field(None, description="teacher-student settings (arch: data2vec)")
     flamingo: FlamingoConfig | None = Field(None, description="frozen parts and new modules (arch: flamingo)")
+    video: VideoConfig | None = Field(
+        None, description="video encoder: sparse tubes + sparse frames (decoder families)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -191,6 +194,9 @@ class DataConfig(Strict):
     )
     annotations: str | None = Field(None, description="Karpathy JSON; default: the one file dataset_*.json in root")
     images: str | None = Field(None, description="image root; default: root/images (emoji-scenes) or root")
+    frame_stride: int = Field(
+        1, ge=1, description="video: read every N-th frame of a clip (model.video.frames of them)"
+    )
     train_split: str = "pretrain"
     val_split: str = "val"
     test_split: str = "test"

@@ -165,3 +165,46 @@ class FlamingoConfig(Strict):
         if (self.lm_run is None) == (self.hf_lm is None):
             raise ValueError("model.flamingo: set exactly one of lm_run (an mmtlab LM run) and hf_lm (a local HF LM)")
         return self
+
+
+class TubeConfig(Strict):
+    """One TubeViT tube shape: a Conv3d of `kernel` (t, h, w) applied at `stride` from `offset`."""
+
+    kernel: tuple[int, int, int]
+    stride: tuple[int, int, int]
+    offset: tuple[int, int, int] = (0, 0, 0)
+
+    @model_validator(mode="after")
+    def _positive(self) -> TubeConfig:
+        if min(self.kernel) < 1 or min(self.stride) < 1 or min(self.offset) < 0:
+            raise ValueError(f"tube kernel/stride must be >= 1 and offset >= 0, got {self.model_dump()}")
+        return self
+
+
+# TubeViT's four shapes (Piergiovanni et al. 2023, Sec. 3.2: 8x8x8 / 16x4x4 / 4x12x12 tubes and the
+# 1x16x16 image patches) scaled to 8-frame 64 px clips; the image patches are `frame_stride` below.
+DEFAULT_TUBES = [
+    {"kernel": (4, 8, 8), "stride": (4, 16, 16)},
+    {"kernel": (8, 4, 4), "stride": (8, 16, 16), "offset": (0, 4, 4)},
+    {"kernel": (2, 12, 12), "stride": (4, 24, 24), "offset": (1, 8, 8)},
+]
+
+
+class VideoConfig(Strict):
+    """MaMMUT's video encoder (TubeViT idea): sparse tubes + the image patches of every
+    `frame_stride`-th frame, all tokens through the one shared ViT (models/video.py)."""
+
+    frames: int = Field(8, gt=0, description="frames the model reads per clip")
+    frame_stride: int | None = Field(4, gt=0, description="2D image patches of every N-th frame (null: none)")
+    frame_start: int = Field(
+        0, ge=0, description="first frame given image patches (the middle one: a 1-frame baseline)"
+    )
+    tubes: list[TubeConfig] = Field(default_factory=lambda: [TubeConfig(**t) for t in DEFAULT_TUBES])
+    fixed_pos: bool = Field(True, description="fixed 3D sine-cosine position embeddings on the tubes")
+    gate: bool = Field(True, description="learned gated connection from the ViT's learned 2D positions into the tubes")
+
+    @model_validator(mode="after")
+    def _some_tokens(self) -> VideoConfig:
+        if not self.tubes and self.frame_stride is None:
+            raise ValueError("model.video: needs tubes or a frame_stride (no tokens otherwise)")
+        return self

@@ -29,8 +29,13 @@ def training_modalities(cfg: RunConfig) -> str:
 
 
 def image_source(cfg: RunConfig, records, progress: bool = True):
-    """What models read for `records`: decoded pixels, or toy-detector regions (computed once per
-    dataset split and cached, see data/regions.py)."""
+    """What models read for `records`: decoded pixels, video clips (a model with model.video, see
+    data/video.py), or toy-detector regions (computed once per dataset split and cached, see
+    data/regions.py)."""
+    if cfg.model.video is not None:
+        from mmtlab.data.video import VideoCache
+
+        return VideoCache(records, cfg.model.image.size, cfg.model.video.frames, cfg.data.frame_stride)
     if cfg.model.image.input == "regions":
         from mmtlab.data.regions import load_regions
 
@@ -92,8 +97,9 @@ def training_dataset(cfg: RunConfig):
     if cfg.data.task == "vqa":
         if cfg.model.image.input == "regions":
             raise ConfigError("data.task: vqa reads pixels; set model.image.input: patches")
-        return VQAPairs(records, cfg.model.image.size, cfg.data.max_train_pairs)
-    images = image_source(cfg, records) if cfg.model.image.input == "regions" else None
+        images = image_source(cfg, records) if cfg.model.video else None
+        return VQAPairs(records, cfg.model.image.size, cfg.data.max_train_pairs, images=images)
+    images = image_source(cfg, records) if cfg.model.image.input == "regions" or cfg.model.video else None
     return ImageTextPairs(records, cfg.model.image.size, cfg.data.max_train_pairs, images=images)
 
 

@@ -19,6 +19,8 @@ def annotation_file(cfg: DataConfig) -> Path:
         return p
     root = Path(cfg.root)
     found = sorted(root.glob("dataset_*.json")) if root.is_dir() else []
+    if not found and (root / "annotations.json").is_file():  # a video build (MSR-VTT layout)
+        return root / "annotations.json"
     if len(found) != 1:
         what = "no dataset_*.json" if not found else f"several dataset_*.json ({', '.join(f.name for f in found)})"
         raise DatasetNotFound(
@@ -36,8 +38,19 @@ def image_root(cfg: DataConfig) -> Path:
 
 
 def load_split(cfg: DataConfig, split: str):
-    """Records (image path + captions + optional boxes/grounding) of one split."""
+    """Records (image path + captions + optional boxes/grounding) of one split; for a video build
+    (MSR-VTT-style annotations.json, `mmtlab data build emoji-video`) one record per clip."""
     from mmtlab.data.formats.karpathy import read_karpathy
+    from mmtlab.data.video import is_video_root, read_video_records
+
+    if not cfg.annotations and is_video_root(cfg.root):
+        try:
+            records = read_video_records(cfg.root, split)
+        except ValueError as e:
+            raise DatasetNotFound(str(e)) from None
+        if not records:
+            raise DatasetNotFound(f"split {split!r} is empty in {cfg.root}/annotations.json")
+        return records
 
     path = annotation_file(cfg)
     try:

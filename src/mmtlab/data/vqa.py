@@ -21,12 +21,12 @@ from mmtlab.data.tokenizer import TextTokenizer
 class VQAPairs(Dataset):
     """One item per question of the records' images (same interface as ImageTextPairs)."""
 
-    def __init__(self, records: Sequence, image_size: int, max_pairs: int | None = None, seed: int = 0):
+    def __init__(self, records: Sequence, image_size: int, max_pairs: int | None = None, seed: int = 0, images=None):
         self.records = records
         questions = make_questions(records, seed)
         self.questions: list[Question] = questions[:max_pairs] if max_pairs else questions
         self.empty_captions = 0
-        self.images = ImageCache(records, image_size)
+        self.images = images if images is not None else ImageCache(records, image_size)
 
     def __len__(self) -> int:
         return len(self.questions)

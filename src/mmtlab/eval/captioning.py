@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from mmtlab.data.formats.karpathy import tokenize
-from mmtlab.data.pairs import ImageCache, to_float
+from mmtlab.data.pairs import ImageCache
 from mmtlab.data.tokenizer import TextTokenizer
 from mmtlab.progress import track
 
@@ -55,18 +55,20 @@ def evaluate_captioning(
     device: str | torch.device = "cpu",
     progress: bool = True,
     examples: int = 8,
+    source=None,
     **generation,
 ) -> dict:
-    """Caption every decodable image of `records` (the first `max_images`) and score it."""
+    """Caption every decodable image of `records` (the first `max_images`) and score it.
+    `source` gives the model's inputs per record (data.loader.image_source: pixels or video clips)."""
     model.eval()
     records = records[:max_images] if max_images else records
-    cache = ImageCache(records, model.cfg.image.size, keep=False)
+    cache = ImageCache(records, model.cfg.image.size, keep=False) if source is None else source
     candidates: dict[int, str] = {}
     pending: list[tuple[int, Tensor]] = []
 
     def flush():
         if pending:
-            images = to_float(torch.stack([im for _, im in pending])).to(device)
+            images = cache.stack([im for _, im in pending]).to(device)
             for (ri, _), text in zip(pending, caption_images(model, tokenizer, images, **generation)):
                 candidates[ri] = text
             pending.clear()

@@ -16,6 +16,20 @@ from PIL import Image  # noqa: E402
 from mmtlab.eval.retrieval import Embedded  # noqa: E402
 
 
+def thumbnail(path) -> Image.Image:
+    """What a figure shows for a record: the image, or for a video clip a strip of 4 of its frames."""
+    if str(path).endswith(".mp4"):
+        import numpy as np
+
+        from mmtlab.data.formats.video import decode_mp4
+
+        frames = decode_mp4(path)
+        pick = np.linspace(0, len(frames) - 1, min(4, len(frames))).round().astype(int)
+        return Image.fromarray(np.concatenate(list(frames[pick]), axis=1))
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
 def plot_text_to_image(emb: Embedded, records, out: str | Path, n_queries: int = 6, k: int = 5, seed: int = 0) -> Path:
     """Captions chosen across the distribution of their image's rank (best, median, worst ...,
     not a random few that may all be easy), each with its top-k images and, when the caption's own
@@ -44,8 +58,7 @@ def plot_text_to_image(emb: Embedded, records, out: str | Path, n_queries: int =
                 ax.axis("off")
                 continue
             img_i = shown[col]
-            with Image.open(records[emb.record_index[img_i]].path) as im:
-                ax.imshow(im.convert("RGB"), interpolation="nearest")
+            ax.imshow(thumbnail(records[emb.record_index[img_i]].path), interpolation="nearest")
             hit = img_i == target
             for spine in ax.spines.values():
                 spine.set_edgecolor("#1a9850" if hit else "#bbbbbb")

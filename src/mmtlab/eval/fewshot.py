@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mmtlab.data.interleaved import PROMPTS, Document, document_ids, largest_sprite, sprite_names
-from mmtlab.data.pairs import ImageCache, to_float
+from mmtlab.data.pairs import ImageCache
 from mmtlab.eval.captioning import caption_scores, normalize
 from mmtlab.models.generate import continuation_logprobs
 from mmtlab.progress import track
@@ -127,7 +127,7 @@ def answer(
             images += [*demo_images, img]
         if not rows:
             continue
-        pixels = to_float(torch.stack(images))
+        pixels = query_images.stack(images)  # [N, 3, H, W] images or [N, T, 3, H, W] clips
         counts = torch.full((len(rows),), len(demo_images) + 1, dtype=torch.long)
         if task == "classify":
             media = model.media_tokens(pixels, counts)  # the whole group's images in one pass
@@ -216,6 +216,16 @@ def image_worth(
     return out
 
 
+def media_source(model, records: Sequence):
+    """Images, or for a video build (data/video.py) clips of the resampler's `max_frames` frames:
+    Flamingo reads clips as frames -> frozen vision -> resampler with time embeddings."""
+    if records and str(records[0].path).endswith(".mp4"):
+        from mmtlab.data.video import VideoCache
+
+        return VideoCache(records, model.image_size, frames=model.cfg.flamingo.max_frames)
+    return ImageCache(records, model.image_size)
+
+
 def evaluate_fewshot(
     model,
     tokenizer,
@@ -233,8 +243,7 @@ def evaluate_fewshot(
 ) -> dict:
     """{task: {"metric", "n", "scores": {shots: value}, "examples"}} over the first `max_items`
     queries of each task (the same queries for every number of shots)."""
-    size = model.image_size
-    query_images, support_images = ImageCache(query_records, size), ImageCache(support_records, size)
+    query_images, support_images = media_source(model, query_records), media_source(model, support_records)
     result = {}
     for task in tasks:
         queries = task_items(task, query_records, seed)[:max_items]

@@ -214,6 +214,7 @@ def eval_caption(
             progress=progress,
             method=method,
             num_beams=num_beams,
+            source=image_source(cfg, records, progress) if cfg.model.video else None,
         ),
     }
     atomic_write_json(run_dir / "eval" / "caption.json", result)
@@ -243,7 +244,9 @@ def eval_fewshot(
     model, cfg = load_run(run_dir, data)
     require_eval(cfg, "fewshot", run_dir)
     queries = load_split(cfg.data, split)
-    worth = None if blind else image_worth(model, model.tokenizer, queries, seed=seed, progress=progress)
+    # image_worth builds interleaved image documents; a video build's clips have none (yet)
+    clips = str(queries[0].path).endswith(".mp4")
+    worth = None if blind or clips else image_worth(model, model.tokenizer, queries, seed=seed, progress=progress)
     if blind:
         model.close_gates()
     scores = evaluate_fewshot(
@@ -285,7 +288,15 @@ def eval_vqa(
         "split": split,
         "model": str(model_dir or run_dir),
         **info,
-        **evaluate_vqa(model, model.tokenizer, records, questions, batch_size=cfg.eval.batch_size, progress=progress),
+        **evaluate_vqa(
+            model,
+            model.tokenizer,
+            records,
+            questions,
+            batch_size=cfg.eval.batch_size,
+            progress=progress,
+            source=image_source(cfg, records, progress) if cfg.model.video else None,
+        ),  # fmt: skip
     }
     atomic_write_json(run_dir / "eval" / "vqa.json", result)
     return result

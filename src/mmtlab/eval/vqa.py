@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from mmtlab.data.emoji_scenes.vqa import QUESTION_TYPES, Question
-from mmtlab.data.pairs import ImageCache, to_float
+from mmtlab.data.pairs import ImageCache
 from mmtlab.data.tokenizer import TextTokenizer
 from mmtlab.eval.captioning import decode_continuations, normalize
 from mmtlab.progress import track
@@ -38,11 +38,13 @@ def answer_questions(
     max_new_tokens: int = 8,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    source=None,
 ) -> list[str | None]:
     """Greedy answers, in question order; None where the image could not be decoded. Prompts of
-    equal token length are decoded together, so batches need no padding."""
+    equal token length are decoded together, so batches need no padding. `source`: the model's
+    inputs per record (data.loader.image_source: pixels or video clips); default pixels."""
     model.eval()
-    cache = ImageCache(records, model.cfg.image.size)
+    cache = ImageCache(records, model.cfg.image.size) if source is None else source
     by_length: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
     for qi, q in enumerate(questions):
         ids = prompt_ids(tokenizer, q.prompt)
@@ -53,7 +55,7 @@ def answer_questions(
         kept = [(qi, ids, img) for qi, ids in batch if (img := cache.get(questions[qi].record)) is not None]
         if not kept:
             continue
-        images = to_float(torch.stack([img for _, _, img in kept])).to(device)
+        images = cache.stack([img for _, _, img in kept]).to(device)
         prompt = torch.tensor([ids for _, ids, _ in kept], dtype=torch.long, device=device)
         out = model.generate(images, prompt, max_new_tokens=max_new_tokens, method="greedy")
         for (qi, _, _), text in zip(kept, decode_continuations(tokenizer, out, prompt.shape[1])):
@@ -74,11 +76,13 @@ def vqa_accuracy(questions: Sequence[Question], answers: Sequence[str | None]) -
     for t in hits:
         counts = Counter(normalize(q.answer) for q, a in zip(questions, answers) if q.qtype == t and a is not None)
         majority[t] = 100.0 * counts.most_common(1)[0][1] / sum(counts.values())
+    # emoji-scenes' types in their usual order, then any others (a video build's) as they come
+    types = [t for t in QUESTION_TYPES if t in hits] + [t for t in hits if t not in QUESTION_TYPES]
     result = {"accuracy": 100.0 * sum(scored) / len(scored)}
-    result.update({f"{t}_accuracy": 100.0 * sum(hits[t]) / len(hits[t]) for t in QUESTION_TYPES if t in hits})
+    result.update({f"{t}_accuracy": 100.0 * sum(hits[t]) / len(hits[t]) for t in types})
     result["majority_answer"] = majority
     result["n_questions"] = len(scored)
-    result["n_by_type"] = {t: len(hits[t]) for t in QUESTION_TYPES if t in hits}
+    result["n_by_type"] = {t: len(hits[t]) for t in types}
     return result
 
 

@@ -25,6 +25,7 @@ from mmtlab.models.generate import generate
 from mmtlab.models.heads import ContrastiveHead, pool
 from mmtlab.models.layers import KVCache
 from mmtlab.models.text import TextEmbedding
+from mmtlab.models.video import VideoEmbedding
 from mmtlab.models.vision import PatchEmbedding
 
 
@@ -63,6 +64,9 @@ class ImageTextDecoder(ModelBase):
         )
         self.mlm = None  # encoder-family head; decoders caption instead
         self.build_extra(cfg)
+        # Video clips [B, T, C, H, W] become tokens for the same vision layers (models/video.py).
+        # Registered last, so the other weights are drawn as in the image model with the same seed.
+        self.video_embed = VideoEmbedding(cfg.video, d, cfg.image.channels) if cfg.video else None
         init_weights(self, len(self.layout))
 
     # -- hooks for families ----------------------------------------------------------------------
@@ -90,9 +94,18 @@ class ImageTextDecoder(ModelBase):
 
     # -- image -------------------------------------------------------------------------------------
 
+    def visual_embed(self, images: Tensor, pos_box=None) -> Tensor:
+        """Input tokens of the ViT: patches of images [B, C, H, W], or tubes + frames of clips [B, T, C, H, W]."""
+        if images.dim() == 5:
+            if self.video_embed is None:
+                raise ValueError("this model reads images; set model.video to give it a video encoder")
+            return self.video_embed(images, self.image_embed)
+        return self.image_embed(images, pos_box)
+
     def image_tokens(self, images: Tensor, pos_box=None) -> Tensor:
-        """The ViT's final-normed tokens [B, N, D], shared by both passes; `pos_box`: CPE crops."""
-        x = self.encoder({"image": self.image_embed(images, pos_box)}, layers=self.vision_layers)
+        """The ViT's final-normed tokens [B, N, D], shared by both passes; `pos_box`: CPE crops.
+        Clips [B, T, C, H, W] run through the same layers (the model's video encoder)."""
+        x = self.encoder({"image": self.visual_embed(images, pos_box)}, layers=self.vision_layers)
         return self.norm["image"](x["image"])
 
     def embed_image(self, image_tokens: Tensor) -> Tensor:

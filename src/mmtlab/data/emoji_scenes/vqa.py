@@ -104,7 +104,11 @@ def questions_for_image(
 
 
 def make_questions(records: Sequence, seed: int = 0, atlas: SpriteAtlas | None = None) -> list[Question]:
-    """Questions for every record that has boxes and labels (Karpathy records of emoji-scenes)."""
+    """Questions for every record that has boxes and labels (Karpathy records of emoji-scenes), or
+    the records' own questions when they carry them (a video build's qa.json, data/video.py)."""
+    if records and "questions" in records[0].extra:
+        return [Question(ri, q["type"], q["question"], q["answer"]) for ri, r in enumerate(records)
+                for q in r.extra.get("questions", [])]  # fmt: skip
     names = [w.name.lower() for w in lexicon(atlas or SpriteAtlas.load())]
     pool = sorted({int(s) for r in records for s in (r.labels or [])})
     out: list[Question] = []

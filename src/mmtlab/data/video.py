@@ -1,0 +1,103 @@
+"""Video clips as a model's image source: records of an MSR-VTT-style build, decoded on demand.
+
+`read_video_records(root, split)` gives records shaped like the Karpathy image records (`path`,
+`captions`, ...) so the pair datasets, retrieval and captioning evals take them unchanged; the
+video-ness lives in `VideoCache`, which `data.loader.image_source` returns when the model has a
+video encoder (model.video): `get(i)` decodes clip i to uint8 [T, 3, H, W] (every
+`data.frame_stride`-th frame, the first `model.video.frames` of them) and `stack` makes the
+float [B, T, 3, H, W] batch. A clip that does not decode, or is shorter than the model's frames,
+is remembered in `bad` and skipped (counted like an undecodable image).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmtlab.data.formats.karpathy import ImageRecord
+from mmtlab.data.formats.video import VideoDecodeError, decode_mp4
+from mmtlab.data.pairs import to_float
+
+ANNOTATIONS = "annotations.json"
+QA = "qa.json"
+
+
+def is_video_root(root: str | Path) -> bool:
+    root = Path(root)
+    return (root / ANNOTATIONS).is_file() and not any(root.glob("dataset_*.json"))
+
+
+def read_video_records(root: str | Path, split: str) -> list[ImageRecord]:
+    """One record per video of `split` (path = its .mp4, captions = its sentences, in file order);
+    with a qa.json beside it, each record's `extra["questions"]` holds its questions."""
+    root = Path(root)
+    path = root / ANNOTATIONS
+    try:
+        ann = json.loads(path.read_text())
+        videos, sentences = ann["videos"], ann["sentences"]
+        caps: dict[str, list[str]] = {}
+        for s in sentences:
+            caps.setdefault(s["video_id"], []).append(s["caption"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not an MSR-VTT annotation file with 'videos' and 'sentences' ({e})") from None
+    qa: dict[str, list[dict]] = {}
+    qa_path = root / QA
+    if qa_path.is_file():  # MSRVTT-QA-like: {split: [{video_id, question, answer, type}]}
+        try:
+            for q in json.loads(qa_path.read_text()).get(split, []):
+                qa.setdefault(q["video_id"], []).append(q)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{qa_path}: not a {{split: [{{video_id, question, answer, type}}]}} file ({e})") from None
+    records = []
+    for v in (v for v in videos if v.get("split") == split):
+        extra = {k: v[k] for k in ("video_id", "events", "boxes", "names") if k in v}
+        if qa:
+            extra["questions"] = qa.get(v["video_id"], [])
+        file = root / "videos" / f"{v['video_id']}.mp4"
+        records.append(ImageRecord(len(records), file, split, caps.get(v["video_id"], []), extra=extra))
+    return records
+
+
+class VideoCache:
+    """Decoded clips by record index (same interface as data.pairs.ImageCache)."""
+
+    def __init__(self, records: Sequence, size: int, frames: int, stride: int = 1, keep: bool = True):
+        self.records, self.size, self.frames, self.stride, self.keep = records, size, frames, stride, keep
+        self._clips: dict[int, Tensor] = {}
+        self.bad: set[int] = set()
+        self.errors: list[str] = []
+
+    def get(self, i: int) -> Tensor | None:
+        if i in self._clips:
+            return self._clips[i]
+        if i in self.bad:
+            return None
+        try:
+            frames = decode_mp4(self.records[i].path, self.stride, self.frames)
+            if len(frames) < self.frames:
+                raise VideoDecodeError(f"{self.records[i].path}: {len(frames)} frames at stride {self.stride}, "
+                                       f"the model reads {self.frames}")  # fmt: skip
+        except (VideoDecodeError, OSError) as e:
+            self.bad.add(i)
+            if len(self.errors) < 50:
+                self.errors.append(str(e))
+            return None
+        clip = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()  # [T, 3, H, W]
+        if clip.shape[-1] != self.size or clip.shape[-2] != self.size:
+            clip = F.interpolate(clip.float(), size=(self.size, self.size), mode="bilinear", antialias=True)
+            clip = clip.round().clamp(0, 255).to(torch.uint8)
+        if self.keep:
+            self._clips[i] = clip
+        return clip
+
+    def subset(self, idx: Sequence[int]) -> VideoCache:
+        return VideoCache([self.records[i] for i in idx], self.size, self.frames, self.stride, self.keep)
+
+    def stack(self, clips: Sequence[Tensor]) -> Tensor:
+        """A model-ready batch: float [B, T, 3, H, W] in [-1, 1]."""
+        return to_float(torch.stack(list(clips)))
