@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmtlab.data.emoji_scenes.english import with_article as _article
 from mmtlab.data.emoji_video.clips import Clip, Event
 
 PAST = {"move": "moved", "appear": "appeared", "disappear": "disappeared", "grow": "grew",
@@ -17,10 +18,6 @@ PAST = {"move": "moved", "appear": "appeared", "disappear": "disappeared", "grow
 PRESENT = {"appear": "appears", "disappear": "disappears", "grow": "grows bigger", "shrink": "gets smaller"}
 PATH = {"left": "from right to left", "right": "from left to right", "up": "upwards", "down": "downwards"}
 QUESTION_TYPES = ("first", "after", "direction", "count_appear")
-
-
-def _article(name: str) -> str:
-    return ("an " if name[0] in "aeiou" else "a ") + name
 
 
 def event_phrase(clip: Clip, e: Event, verb: str = "walks") -> str:
