@@ -58,20 +58,26 @@ class HFError(RunFileError):
     """A Hugging Face directory that cannot be read or written as CLIP: one line naming why."""
 
 
-def _config(path: Path) -> dict:
+def read_model_config(path: Path, name: str, model_type: str, hint: str = "") -> dict:
+    """config.json of a Hugging Face model directory whose model_type must be `model_type`, or a
+    one-line error that starts with the import's `name` (hf-clip, hf-bert, ...)."""
     if not path.is_dir():
-        raise FileNotFoundError(f"hf-clip: {path} is not a directory")
+        raise FileNotFoundError(f"{name}: {path} is not a directory")
     f = path / "config.json"
     if not f.exists():
-        raise FileNotFoundError(f"hf-clip: {path} is not a Hugging Face model directory (no config.json)")
+        raise FileNotFoundError(f"{name}: {path} is not a Hugging Face model directory (no config.json)")
     try:
         c = json.loads(f.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HFError(f"hf-clip: {f} is not valid JSON ({e})") from None
-    if not isinstance(c, dict) or c.get("model_type") != "clip":
-        kind = c.get("model_type") if isinstance(c, dict) else None
-        raise HFError(f"hf-clip: {f} describes a {kind!r} model, not 'clip' (a CLIPModel's save_pretrained)")
+        raise HFError(f"{name}: {f} is not valid JSON ({e})") from None
+    kind = c.get("model_type") if isinstance(c, dict) else None
+    if kind != model_type:
+        raise HFError(f"{name}: {f} describes a {kind!r} model, not {model_type!r}{hint}")
     return c
+
+
+def _config(path: Path) -> dict:
+    return read_model_config(path, "hf-clip", "clip", " (a CLIPModel's save_pretrained)")
 
 
 def model_fields(path: str | Path) -> dict:

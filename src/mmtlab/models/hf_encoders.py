@@ -35,7 +35,6 @@ position grid (bilinearly) to images of other sizes: the import takes configs th
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +42,14 @@ import torch
 from torch import Tensor
 
 from mmtlab.config import ModelConfig
-from mmtlab.models.hf_clip import ACT_TO_GELU, HFError, fold_pixel_stats, pixel_stats, read_safetensors
+from mmtlab.models.hf_clip import (
+    ACT_TO_GELU,
+    HFError,
+    fold_pixel_stats,
+    pixel_stats,
+    read_model_config,
+    read_safetensors,
+)
 from mmtlab.models.layouts import LayerSpec
 
 _PRE_LN = {  # ViT / ViLT module (after encoder.layer.N.) -> ours (after streams.<stream>.)
@@ -96,19 +102,7 @@ FORMATS = {
 
 def read_config(path: Path, fmt: Format) -> dict:
     """config.json of a `fmt` model directory, or a one-line error."""
-    if not path.is_dir():
-        raise FileNotFoundError(f"{fmt.name}: {path} is not a directory")
-    f = path / "config.json"
-    if not f.exists():
-        raise FileNotFoundError(f"{fmt.name}: {path} is not a Hugging Face model directory (no config.json)")
-    try:
-        c = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HFError(f"{fmt.name}: {f} is not valid JSON ({e})") from None
-    kind = c.get("model_type") if isinstance(c, dict) else None
-    if kind != fmt.model_type:
-        raise HFError(f"{fmt.name}: {f} describes a {kind!r} model, not {fmt.model_type!r}")
-    return c
+    return read_model_config(path, fmt.name, fmt.model_type)
 
 
 def model_fields(path: str | Path, fmt: Format, layout: str | None = None) -> dict:
