@@ -89,10 +89,16 @@ BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombErr
 class ImageCache:
     """Decoded images by record index; a file that fails to decode is remembered as bad."""
 
+    load_errors = BAD_IMAGE_ERRORS  # what `_load` raises for a file that cannot be used
+
     def __init__(self, records: Sequence[HasImageAndCaptions], size: int, keep: bool = True):
         self.records, self.size, self.keep = records, size, keep
         self._images: dict[int, Tensor] = {}
         self.bad: set[int] = set()
+        self.errors: list[str] = []  # the first 50 reasons, for messages
+
+    def _load(self, i: int) -> Tensor:
+        return load_image(self.records[i].path, self.size)
 
     def get(self, i: int) -> Tensor | None:
         if i in self._images:
@@ -100,9 +106,11 @@ class ImageCache:
         if i in self.bad:
             return None
         try:
-            img = load_image(self.records[i].path, self.size)
-        except BAD_IMAGE_ERRORS:
+            img = self._load(i)
+        except self.load_errors as e:
             self.bad.add(i)
+            if len(self.errors) < 50:
+                self.errors.append(str(e))
             return None
         if self.keep:
             self._images[i] = img

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from mmtlab.data.formats.karpathy import ImageRecord
 from mmtlab.data.formats.video import VideoDecodeError, decode_mp4
-from mmtlab.data.pairs import to_float
+from mmtlab.data.pairs import ImageCache
 
 ANNOTATIONS = "annotations.json"
 QA = "qa.json"
@@ -63,41 +63,25 @@ def read_video_records(root: str | Path, split: str) -> list[ImageRecord]:
     return records
 
 
-class VideoCache:
-    """Decoded clips by record index (same interface as data.pairs.ImageCache)."""
+class VideoCache(ImageCache):
+    """Decoded clips [T, 3, H, W] by record index: ImageCache's memo and bad-file set over MP4s."""
+
+    load_errors = (VideoDecodeError, OSError)
 
     def __init__(self, records: Sequence, size: int, frames: int, stride: int = 1, keep: bool = True):
-        self.records, self.size, self.frames, self.stride, self.keep = records, size, frames, stride, keep
-        self._clips: dict[int, Tensor] = {}
-        self.bad: set[int] = set()
-        self.errors: list[str] = []
+        super().__init__(records, size, keep)
+        self.frames, self.stride = frames, stride
 
-    def get(self, i: int) -> Tensor | None:
-        if i in self._clips:
-            return self._clips[i]
-        if i in self.bad:
-            return None
-        try:
-            frames = decode_mp4(self.records[i].path, self.stride, self.frames)
-            if len(frames) < self.frames:
-                raise VideoDecodeError(f"{self.records[i].path}: {len(frames)} frames at stride {self.stride}, "
-                                       f"the model reads {self.frames}")  # fmt: skip
-        except (VideoDecodeError, OSError) as e:
-            self.bad.add(i)
-            if len(self.errors) < 50:
-                self.errors.append(str(e))
-            return None
+    def _load(self, i: int) -> Tensor:
+        frames = decode_mp4(self.records[i].path, self.stride, self.frames)
+        if len(frames) < self.frames:
+            raise VideoDecodeError(f"{self.records[i].path}: {len(frames)} frames at stride {self.stride}, "
+                                   f"the model reads {self.frames}")  # fmt: skip
         clip = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()  # [T, 3, H, W]
         if clip.shape[-1] != self.size or clip.shape[-2] != self.size:
             clip = F.interpolate(clip.float(), size=(self.size, self.size), mode="bilinear", antialias=True)
             clip = clip.round().clamp(0, 255).to(torch.uint8)
-        if self.keep:
-            self._clips[i] = clip
         return clip
 
     def subset(self, idx: Sequence[int]) -> VideoCache:
         return VideoCache([self.records[i] for i in idx], self.size, self.frames, self.stride, self.keep)
-
-    def stack(self, clips: Sequence[Tensor]) -> Tensor:
-        """A model-ready batch: float [B, T, 3, H, W] in [-1, 1]."""
-        return to_float(torch.stack(list(clips)))
