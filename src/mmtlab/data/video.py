@@ -27,6 +27,11 @@ ANNOTATIONS = "annotations.json"
 QA = "qa.json"
 
 
+def is_clip(path: str | Path) -> bool:
+    """Whether a record's file is a video clip (a video build's records point at .mp4 files)."""
+    return str(path).endswith(".mp4")
+
+
 def is_video_root(root: str | Path) -> bool:
     root = Path(root)
     return (root / ANNOTATIONS).is_file() and not any(root.glob("dataset_*.json"))

@@ -18,7 +18,9 @@ from mmtlab.eval.retrieval import Embedded  # noqa: E402
 
 def thumbnail(path) -> Image.Image:
     """What a figure shows for a record: the image, or for a video clip a strip of 4 of its frames."""
-    if str(path).endswith(".mp4"):
+    from mmtlab.data.video import is_clip
+
+    if is_clip(path):
         import numpy as np
 
         from mmtlab.data.formats.video import decode_mp4

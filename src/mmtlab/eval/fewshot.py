@@ -219,9 +219,9 @@ def image_worth(
 def media_source(model, records: Sequence):
     """Images, or for a video build (data/video.py) clips of the resampler's `max_frames` frames:
     Flamingo reads clips as frames -> frozen vision -> resampler with time embeddings."""
-    if records and str(records[0].path).endswith(".mp4"):
-        from mmtlab.data.video import VideoCache
+    from mmtlab.data.video import VideoCache, is_clip
 
+    if records and is_clip(records[0].path):
         return VideoCache(records, model.image_size, frames=model.cfg.flamingo.max_frames)
     return ImageCache(records, model.image_size)
 

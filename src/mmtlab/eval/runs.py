@@ -244,8 +244,10 @@ def eval_fewshot(
     model, cfg = load_run(run_dir, data)
     require_eval(cfg, "fewshot", run_dir)
     queries = load_split(cfg.data, split)
+    from mmtlab.data.video import is_clip
+
     # image_worth builds interleaved image documents; a video build's clips have none (yet)
-    clips = str(queries[0].path).endswith(".mp4")
+    clips = is_clip(queries[0].path)
     worth = None if blind or clips else image_worth(model, model.tokenizer, queries, seed=seed, progress=progress)
     if blind:
         model.close_gates()
