@@ -176,13 +176,12 @@ def iter_video_shards(
 
 
 class _VideoShardReader(ShardReader):
-    """The image shard reader's grouping, captions and JSON checks; the media member is the .mp4."""
+    """The image shard reader's grouping, captions and JSON checks; the media member is the .mp4
+    (decoded by the caller, which counts a missing one)."""
 
     def _sample(self, url: str, key: str, members: dict[str, bytes]) -> dict[str, Any] | None:
-        video = members.pop("mp4", None)
-        members["png"] = b""  # satisfies the image check; decode=False leaves it unread
-        sample = super()._sample(url, key, members)
-        if sample is not None:
-            sample.pop("image")
-            sample["video"] = video
-        return sample
+        head = self._meta_and_captions(url, key, members)
+        if head is None:
+            return None
+        meta, captions = head
+        return {"key": key, "video": members.get("mp4"), "captions": captions, "meta": meta, "url": url}

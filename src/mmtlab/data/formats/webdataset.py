@@ -220,6 +220,29 @@ class ShardReader:
             yield key, members
 
     def _sample(self, url: str, key: str, members: dict[str, bytes]) -> dict[str, Any] | None:
+        head = self._meta_and_captions(url, key, members)
+        if head is None:
+            return None
+        meta, captions = head
+        ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
+        if ext is None:
+            self.stats.missing_images += 1
+            self.stats.log(f"{url}:{key}: no image member")
+            return None
+        image: Any = members[ext]
+        if self.decode:
+            try:
+                with Image.open(io.BytesIO(image)) as im:
+                    image = im.convert("RGB")  # convert() forces the full decode
+            except Exception as e:  # Pillow raises many types for damaged files
+                self.stats.corrupt_images += 1
+                self.stats.log(f"{url}:{key}: image does not decode ({type(e).__name__}: {e})")
+                return None
+        return {"key": key, "image": image, "captions": captions, "meta": meta, "url": url}
+
+    def _meta_and_captions(self, url: str, key: str, members: dict[str, bytes]) -> tuple[dict, list[str]] | None:
+        """A sample's .json object and its captions (the json's `captions`, else the .txt), or None
+        (counted) when the json is bad or there is no caption."""
         meta: dict = {}
         if "json" in members:
             try:
@@ -239,21 +262,7 @@ class ShardReader:
             self.stats.missing_captions += 1
             self.stats.log(f"{url}:{key}: no caption")
             return None
-        ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
-        if ext is None:
-            self.stats.missing_images += 1
-            self.stats.log(f"{url}:{key}: no image member")
-            return None
-        image: Any = members[ext]
-        if self.decode:
-            try:
-                with Image.open(io.BytesIO(image)) as im:
-                    image = im.convert("RGB")  # convert() forces the full decode
-            except Exception as e:  # Pillow raises many types for damaged files
-                self.stats.corrupt_images += 1
-                self.stats.log(f"{url}:{key}: image does not decode ({type(e).__name__}: {e})")
-                return None
-        return {"key": key, "image": image, "captions": captions, "meta": meta, "url": url}
+        return meta, captions
 
 
 def iter_shards(
