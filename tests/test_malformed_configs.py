@@ -135,6 +135,16 @@ CASES = [
         r"model\.layout_args\.vision_depth",
     ),
     ("flamingo_without_section", {"model.arch": "flamingo", "model.layout": None}, r"flamingo"),
+    (
+        "video_tube_larger_than_clip",
+        {"model.arch": "mammut", "model.layout": None, "model.video": {"frames": 4}},
+        r"video\.tubes\[1\]: kernel \(8, 4, 4\) from offset \(0, 4, 4\) does not fit a clip of .* 4x64x64",
+    ),
+    (
+        "video_frame_start_past_clip",
+        {"model.arch": "mammut", "model.layout": None, "model.video": {"frames": 8, "frame_start": 8}},
+        r"video\.frame_start 8 must be below video\.frames 8",
+    ),
 ]
 
 

@@ -143,6 +143,22 @@ class ModelConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _video_fits(self):
+        v = self.video
+        if v is None:
+            return self
+        clip = (v.frames, self.image.size, self.image.size)
+        for i, t in enumerate(v.tubes):
+            if any(o + k > s for o, k, s in zip(t.offset, t.kernel, clip, strict=True)):
+                raise ValueError(
+                    f"video.tubes[{i}]: kernel {tuple(t.kernel)} from offset {tuple(t.offset)} does not fit a clip of "
+                    f"video.frames x image.size = {clip[0]}x{clip[1]}x{clip[2]} (the default tubes are for 8 x 64 px)"
+                )
+        if v.frame_stride is not None and v.frame_start >= v.frames:
+            raise ValueError(f"video.frame_start {v.frame_start} must be below video.frames {v.frames}")
+        return self
+
+    @model_validator(mode="after")
     def _data2vec(self):
         d = self.data2vec
         if d is None:
