@@ -47,8 +47,10 @@ def test_probe_cli_compares_trained_and_random_init(tiny_data, tmp_path):
     assert result.exit_code == 0, result.output
     assert "image_category" in result.output and "random init" in result.output
     probe = json.loads((run / "eval" / "probe.json").read_text())
-    assert {"image_sprite", "image_category", "text_style"} <= probe.keys()
-    for task in ("image_sprite", "image_category", "text_style"):
+    # pool: cls (the default) adds probes of the CLS token beside the patch mean
+    tasks = ("image_sprite", "image_category", "image_sprite_cls", "image_category_cls", "text_style")
+    assert set(tasks) <= probe.keys()
+    for task in tasks:
         r = probe[task]
         assert 0 <= r["trained"]["accuracy"] <= 100 and 0 <= r["random"]["accuracy"] <= 100
         assert r["n_test"] == 40 and 0 <= r["majority"] < 100

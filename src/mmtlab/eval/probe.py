@@ -6,7 +6,8 @@
 - text   `style`:    which corpus style a caption has (alt_text / descriptive / narrative)
 - speech `keyword`:  which of 20 sprite names is spoken, leave-one-voice-out over 4 voices
 
-Protocol: features = mean of the final states over real positions (no CLS), standardised with
+Protocol: features = mean of the final states over real positions (no CLS; a model that pools by
+CLS is also probed on its CLS token, as `image_sprite_cls` / `image_category_cls`), standardised with
 the probe-training statistics; multinomial logistic regression fitted by L-BFGS, its L2 weight
 chosen on a held-out fifth of the training items, then refitted on all of them. Each task is run
 on the trained encoder and on the same architecture freshly initialised with the run's seed
@@ -16,6 +17,7 @@ on the trained encoder and on the same architecture freshly initialised with the
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 from collections import Counter
@@ -40,16 +42,20 @@ def _mean_pool(states: Tensor, real: Tensor | None) -> Tensor:
 
 
 @torch.no_grad()
-def image_features(model, records: Sequence, size: int, batch_size: int = 256, progress: bool = False) -> Tensor:
+def image_features(
+    model, records: Sequence, size: int, batch_size: int = 256, progress: bool = False
+) -> tuple[Tensor, Tensor]:
+    """(mean of the patch tokens, the CLS token) of each image's final states."""
     cache = ImageCache(records, size, keep=False)
-    out = []
+    means, cls = [], []
     for start in track(range(0, len(records), batch_size), "image features", enabled=progress):
         imgs = [cache.get(i) for i in range(start, min(start + batch_size, len(records)))]
         if any(im is None for im in imgs):
             raise ValueError("probe: an image failed to decode; the probe needs every image of its split")
         states = model(images=to_float(torch.stack(imgs)))["image"]
-        out.append(_mean_pool(states[:, 1:], None))  # drop CLS
-    return torch.cat(out)
+        means.append(_mean_pool(states[:, 1:], None))
+        cls.append(states[:, 0])
+    return torch.cat(means), torch.cat(cls)
 
 
 @torch.no_grad()
@@ -219,13 +225,17 @@ def run_probes(
         size = cfg.model.image.size
         cache = {}
 
-        def image_feats(m):
+        def image_feats(m, which: int):
             if id(m) not in cache:
                 cache[id(m)] = (image_features(m, train, size, progress=progress), image_features(m, test, size))
-            return cache[id(m)]
+            return cache[id(m)][0][which], cache[id(m)][1][which]
 
-        result["image_sprite"] = _compare(image_feats, models, sprite_tr, sprite_te)
-        result["image_category"] = _compare(image_feats, models, cat_tr, cat_te)
+        # The protocol's features are the patch mean; a model that pools by CLS (its contrastive
+        # embedding is read there) is also probed on the CLS token: `_cls` rows.
+        for suffix, which in [("", 0)] + ([("_cls", 1)] if cfg.model.pool == "cls" else []):
+            feats = functools.partial(image_feats, which=which)
+            result[f"image_sprite{suffix}"] = _compare(feats, models, sprite_tr, sprite_te)
+            result[f"image_category{suffix}"] = _compare(feats, models, cat_tr, cat_te)
     if "text" in modalities:
         try:
             tr, te, ytr, yte = text_task(cfg, n_train, n_test)
