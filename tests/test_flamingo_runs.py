@@ -1,6 +1,7 @@
 """Flamingo end to end on tiny runs: interleaved shards, a causal LM, a dual encoder, Flamingo on
 a weighted mixture, few-shot evaluation; and the interleaved readers on both public layouts."""
 
+import functools
 import json
 
 import pytest
@@ -34,10 +35,13 @@ def test_interleaved_shards_in_both_layouts_and_corrupt_lines(tmp_path):
     assert Document(docs[0].items).render() == "<image>one<|endofchunk|><image>two<|endofchunk|>"
 
 
-def test_flamingo_pipeline_from_the_command_line(tiny_data, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def image_runs(tiny_data, tmp_path_factory):
+    """Interleaved image documents, a dual encoder (the frozen vision) and a causal LM, tiny."""
+    tmp_path = tmp_path_factory.mktemp("image-runs")
     docs = tmp_path / "docs"
     out = invoke("data", "interleaved", "--data", tiny_data, "--out", docs, "--docs", 60, "--max-chunks", 4)
-    assert "60 documents" in out
+    assert "60 documents (" in out and " images) " in out
     vision = tmp_path / "vision"
     invoke("train", write(tmp_path / "v.yaml", tiny_run_config(tiny_data, steps=2)), "--out", vision)
 
@@ -47,13 +51,21 @@ def test_flamingo_pipeline_from_the_command_line(tiny_data, tmp_path, monkeypatc
     lm_raw["objectives"] = {"caption": 1.0}
     lm = tmp_path / "lm"
     invoke("train", write(tmp_path / "lm.yaml", lm_raw), "--out", lm)
+    return docs, vision, lm
 
-    fl_raw = tiny_run_config(tiny_data, steps=2, batch_size=4, grad_accum=2)
-    fl_raw["data"].update(interleaved=str(docs), mixture={"interleaved": 1.0, "pairs": 0.5}, max_images=3)
-    fl_raw["model"] = {"arch": "flamingo", "flamingo": {"vision_run": str(vision), "lm_run": str(lm), "latents": 4}}
-    fl_raw["objectives"] = {"caption": 1.0}
+
+def flamingo_config(data_root, docs, vision, lm, **train) -> dict:
+    raw = tiny_run_config(data_root, steps=2, batch_size=4, grad_accum=2, **train)
+    raw["data"].update(interleaved=str(docs), mixture={"interleaved": 1.0, "pairs": 0.5}, max_images=3)
+    raw["model"] = {"arch": "flamingo", "flamingo": {"vision_run": str(vision), "lm_run": str(lm), "latents": 4}}
+    raw["objectives"] = {"caption": 1.0}
+    return raw
+
+
+def test_flamingo_pipeline_from_the_command_line(tiny_data, image_runs, tmp_path, monkeypatch):
+    docs, vision, lm = image_runs
     run = tmp_path / "flamingo"
-    invoke("train", write(tmp_path / "fl.yaml", fl_raw), "--out", run)
+    invoke("train", write(tmp_path / "fl.yaml", flamingo_config(tiny_data, docs, vision, lm)), "--out", run)
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 2 and lines[-1]["loss"] > 0
 
@@ -111,3 +123,42 @@ def test_flamingo_pipeline_from_the_command_line(tiny_data, tmp_path, monkeypatc
     model.close_gates()
     closed = image_worth(model, model.tokenizer, load_split(model.run_config.data, "test"), n_docs=12, progress=False)
     assert closed["all"]["own"] == closed["all"]["shuffled"] == closed["all"]["none"]
+
+
+def test_flamingo_continues_on_clip_documents_from_the_command_line(tiny_data, image_runs, tmp_path, monkeypatch):
+    """An image Flamingo run, continued (train.init_from) on interleaved clip documents of an
+    emoji-video build, then few-shot on its clips: the time embeddings past frame 0, zero in the
+    image run, now trained."""
+    pytest.importorskip("av")
+    from safetensors.torch import load_file
+
+    docs, vision, lm = image_runs
+    image_run = tmp_path / "flamingo"
+    invoke("train", write(tmp_path / "fl.yaml", flamingo_config(tiny_data, docs, vision, lm)), "--out", image_run)
+    video = tmp_path / "emoji-video"
+    invoke("data", "build", "emoji-video", "--out", video, "--size", 12, "--eval-size", 6, "--image-size", 32)
+    clip_docs = tmp_path / "clip-docs"
+    out = invoke("data", "interleaved", "--data", video, "--out", clip_docs, "--docs", 20, "--max-chunks", 3)
+    assert "20 documents (" in out and " clips) " in out
+
+    raw = flamingo_config(video, clip_docs, vision, lm, init_from=str(image_run))
+    raw["data"]["train_split"] = "train"  # the pairs half: one-clip caption documents
+    run = tmp_path / "flamingo-video"
+    invoke("train", write(tmp_path / "flv.yaml", raw), "--out", run)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 2 and lines[-1]["loss"] > 0 and lines[-1]["skipped_images"] == 0
+    before = load_file(latest_checkpoint(image_run) / "model.safetensors")["resampler.time"]
+    after = load_file(latest_checkpoint(run) / "model.safetensors")["resampler.time"]
+    assert not before[1:].any(), "an image run never trains the time embeddings past frame 0"
+    assert after[1:].any(dim=1).all()
+
+    # (2 shots: this tiny LM's tokenizer splits the video captions into many pieces; 12 held-out
+    # documents, not 240: the test is of the path, and each clip decodes per document)
+    import mmtlab.eval.runs as fewshot
+
+    monkeypatch.setattr(fewshot, "image_worth", functools.partial(fewshot.image_worth, n_docs=12))
+    invoke("eval", "fewshot", run, "--data", video, "--tasks", "caption,vqa", "--shots", "0,2",
+           "--max-items", 4, "--beams", 2)  # fmt: skip
+    result = json.loads((run / "eval" / "fewshot.json").read_text())
+    assert set(result) >= {"caption", "vqa", "image_worth"} and set(result["vqa"]["scores"]) == {"0", "2"}
+    assert result["image_worth"]["all"]["tokens"] > 0

@@ -97,27 +97,33 @@ def _build_video(out: Path, size: int, eval_size: int, seed: int, frame_size: in
 
 @data_app.command("interleaved")
 def data_interleaved(
-    data: Annotated[Path, typer.Option(help="an emoji-scenes build (Karpathy JSON with boxes and labels)")],
+    data: Annotated[Path, typer.Option(help="an emoji-scenes build (boxes and labels) or an emoji-video build")],
     out: Annotated[Path, typer.Option(help="directory for the JSONL shards")],
     docs: Annotated[int, typer.Option(help="number of documents")] = 20000,
     max_chunks: Annotated[int, typer.Option(help="image-text chunks per document: 1 to N")] = 8,
-    split: Annotated[str, typer.Option(help="split whose images the documents use")] = "pretrain",
+    split: Annotated[
+        str | None, typer.Option(help="split whose images the documents use (default: pretrain; video: train)")
+    ] = None,
     seed: Annotated[int, typer.Option(help="document seed")] = 0,
 ):
     """Interleaved image-text documents (captioning, VQA and classification chunks) from an
     emoji-scenes build, as OBELICS-like JSONL shards:
     {"images": [path, null, ...], "texts": [null, "output: ...", ...]}.
+    From an emoji-video build the media are its .mp4 clips (captioning and qa.json's VQA chunks).
 
     Flamingo trains on them (data.interleaved), and so does its LM (their text alone)."""
     from mmtlab.config import DataConfig
     from mmtlab.data.interleaved import build_documents, write_shards
     from mmtlab.data.sources import load_split
+    from mmtlab.data.video import is_video_root
 
     if docs < 1 or max_chunks < 1:
         raise UserError(f"--docs and --max-chunks must be at least 1 (got {docs}, {max_chunks})")
-    records = load_split(DataConfig(root=str(data)), split)
+    video = is_video_root(data)
+    records = load_split(DataConfig(root=str(data)), split or ("train" if video else "pretrain"))
     built = build_documents(records, docs, max_chunks, seed)
     shards = write_shards(built, out)
-    n_images = sum(len(d.images) for d in built)
-    console.print(f"[green]wrote[/] {len(built)} documents ({n_images} images) in {len(shards)} shards to {out}")
+    n_media = sum(len(d.images) for d in built)
+    what = "clips" if video else "images"
+    console.print(f"[green]wrote[/] {len(built)} documents ({n_media} {what}) in {len(shards)} shards to {out}")
     console.print(f"example: {built[0].render()[:300]}", highlight=False)

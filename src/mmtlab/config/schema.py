@@ -211,7 +211,7 @@ class DataConfig(Strict):
     annotations: str | None = Field(None, description="Karpathy JSON; default: the one file dataset_*.json in root")
     images: str | None = Field(None, description="image root; default: root/images (emoji-scenes) or root")
     frame_stride: int = Field(
-        1, ge=1, description="video: read every N-th frame of a clip (model.video.frames of them)"
+        1, ge=1, description="video: read every N-th frame of a clip (model.video.frames; Flamingo: max_frames)"
     )
     train_split: str = "pretrain"
     val_split: str = "val"

@@ -11,9 +11,12 @@ Shard layout (one JSON document per line; image paths relative to the shard's fo
 A document becomes [CLS] <image> text [SEP] <image> text [SEP] ...: `<image>` is Flamingo's media
 marker (models/flamingo.py gives it its own id) and [SEP] is `<|endofchunk|>`, closing every text.
 Corrupt lines and documents whose images do not decode are skipped and counted, never fatal.
+A media path may be a video clip (.mp4, data/video.py): the collator decodes `frames` frames of it
+and the batch's media are [N, T, 3, H, W] (Flamingo's resampler gives frame t its time embedding).
 
 The emoji-scenes documents (`build_documents`) mix one task per document, 1 to `max_chunks`
-image-text chunks each, in the formats the few-shot evaluation prompts with (eval/fewshot.py):
+image-text chunks each, in the formats the few-shot evaluation prompts with (eval/fewshot.py); the
+records of an emoji-video build give clip documents the same way (captions, and VQA from qa.json):
 
     caption    output: <the image's caption>
     vqa        question: <question> answer: <answer>          (data/emoji_scenes/vqa.py)
@@ -33,11 +36,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from mmtlab.batches import DocumentBatch  # noqa: F401  (defined with the other batch types)
 from mmtlab.data.pairs import BAD_IMAGE_ERRORS, load_image, to_float
 from mmtlab.data.tokenizer import TextTokenizer
+from mmtlab.data.video import is_clip, load_clip
 from mmtlab.io import atomic_write_text
 
 TASKS = ("caption", "vqa", "classify")
@@ -47,7 +52,7 @@ END_OF_CHUNK = "<|endofchunk|>"
 
 @dataclass
 class Document:
-    """Positions in order: a Path is an image, a str is text."""
+    """Positions in order: a Path is an image or a clip, a str is text."""
 
     items: list[Path | str]
     task: str = ""
@@ -252,10 +257,20 @@ def document_ids(
 
 
 class InterleavedDocuments(Dataset):
-    """Documents as training items: `with_images` False gives their text alone (the LM's data)."""
+    """Documents as training items: `with_images` False gives their text alone (the LM's data).
+    `frames` / `frame_stride`: what a clip decodes to (Flamingo: flamingo.max_frames, data.frame_stride)."""
 
-    def __init__(self, docs: Sequence[Document], image_size: int, with_images: bool = True, max_images: int = 8):
+    def __init__(
+        self,
+        docs: Sequence[Document],
+        image_size: int,
+        with_images: bool = True,
+        max_images: int = 8,
+        frames: int | None = None,
+        frame_stride: int = 1,
+    ):
         self.docs, self.image_size, self.with_images, self.max_images = docs, image_size, with_images, max_images
+        self.frames, self.frame_stride = frames, frame_stride
         self.empty_captions = 0
         self.corrupt_documents = 0  # unreadable shard lines skipped before (set by the reader's caller)
 
@@ -270,17 +285,37 @@ class InterleavedDocuments(Dataset):
             yield from d.texts()
 
     def collator(self, tokenizer: TextTokenizer):
-        return DocumentCollator(tokenizer, self.image_size, self.with_images, self.max_images)
+        return DocumentCollator(
+            tokenizer, self.image_size, self.with_images, self.max_images, self.frames, self.frame_stride
+        )
 
 
 class DocumentCollator:
-    def __init__(self, tokenizer: TextTokenizer, image_size: int, with_images: bool, max_images: int):
+    def __init__(
+        self,
+        tokenizer: TextTokenizer,
+        image_size: int,
+        with_images: bool,
+        max_images: int,
+        frames: int | None = None,
+        frame_stride: int = 1,
+    ):
         self.tokenizer, self.image_size, self.with_images, self.max_images = (
             tokenizer,
             image_size,
             with_images,
             max_images,
         )
+        self.frames, self.frame_stride = frames, frame_stride
+
+    def load(self, path: Path) -> Tensor:
+        """An image as uint8 [3, H, W], a clip as [frames, 3, H, W]; BAD_IMAGE_ERRORS for either
+        that does not decode (a clip's VideoDecodeError is a ValueError)."""
+        if not is_clip(path):
+            return load_image(path, self.image_size)
+        if self.frames is None:  # a programming error, not bad data: not caught as a bad file
+            raise RuntimeError(f"a document holds a clip ({path}); the collator needs frames=...")
+        return load_clip(path, self.image_size, self.frames, self.frame_stride)
 
     def __call__(self, docs: list[Document]) -> DocumentBatch:
         tok = self.tokenizer
@@ -289,7 +324,7 @@ class DocumentCollator:
         for d in docs:
             ids, n = document_ids(d, tok, media_id, tok.max_len, self.max_images)
             try:
-                pixels = [load_image(p, self.image_size) for p in d.images[:n]]
+                pixels = [self.load(p) for p in d.images[:n]]
             except BAD_IMAGE_ERRORS:
                 skipped += 1
                 continue
@@ -298,6 +333,8 @@ class DocumentCollator:
             counts.append(n)
         if not rows:
             raise RuntimeError("every document in a batch had an undecodable image; check the shards' image files")
+        if len({x.dim() for x in images}) > 1:
+            raise ValueError("a batch mixes images and clips; keep them in separate shards / datasets")
         width = max(len(r) for r in rows)
         tokens = torch.full((len(rows), width), tok.pad_id, dtype=torch.long)
         for i, r in enumerate(rows):
@@ -308,7 +345,7 @@ class DocumentCollator:
             tokens,
             mask,
             mask & (tokens != tok.vocab_size) if self.with_images else mask,
-            to_float(torch.stack(images)) if images else None,
+            to_float(torch.stack(images)) if images else None,  # [N, 3, H, W] images or [N, T, 3, H, W] clips
             torch.tensor(counts, dtype=torch.long) if self.with_images else None,
             skipped,
         )

@@ -105,7 +105,7 @@ def training_dataset(cfg: RunConfig):
 
 def _documents(cfg: RunConfig, with_images: bool):
     """The text of interleaved documents (a causal LM), or a mixture of documents with their images
-    and image-caption pairs (the pairs: one-chunk documents of the training split; Flamingo)."""
+    or clips and image-caption pairs (the pairs: one-chunk documents of the training split; Flamingo)."""
     from mmtlab.data.interleaved import InterleavedDocuments, Mixture, pair_documents, read_documents
 
     d = cfg.data
@@ -118,9 +118,12 @@ def _documents(cfg: RunConfig, with_images: bool):
     weights = d.mixture or {"interleaved": 1.0}
     datasets = {}
     for name in weights:
+        # pairs of a video build are one-clip documents; a clip is read as the resampler's max_frames frames
         items = docs if name == "interleaved" else pair_documents(load_split(d, d.train_split))
         items = items[: d.max_train_pairs] if d.max_train_pairs else items
-        datasets[name] = InterleavedDocuments(items, size, True, d.max_images)
+        datasets[name] = InterleavedDocuments(
+            items, size, True, d.max_images, frames=cfg.model.flamingo.max_frames, frame_stride=d.frame_stride
+        )
     mix = Mixture(datasets, weights)
     mix.corrupt_documents = corrupt
     return mix

@@ -6,7 +6,8 @@ video-ness lives in `VideoCache`, which `data.loader.image_source` returns when 
 video encoder (model.video): `get(i)` decodes clip i to uint8 [T, 3, H, W] (every
 `data.frame_stride`-th frame, the first `model.video.frames` of them) and `stack` makes the
 float [B, T, 3, H, W] batch. A clip that does not decode, or is shorter than the model's frames,
-is remembered in `bad` and skipped (counted like an undecodable image).
+is remembered in `bad` and skipped (counted like an undecodable image). `load_clip` is that
+decoding alone, which the interleaved documents' collator (data/interleaved.py) uses for clips.
 """
 
 from __future__ import annotations
@@ -68,6 +69,19 @@ def read_video_records(root: str | Path, split: str) -> list[ImageRecord]:
     return records
 
 
+def load_clip(path: str | Path, size: int, frames: int, stride: int = 1) -> Tensor:
+    """uint8 [frames, 3, size, size]: every `stride`-th frame from the first, resized. Raises
+    VideoDecodeError for a clip that does not decode or has fewer frames (never padded)."""
+    decoded = decode_mp4(path, stride, frames)
+    if len(decoded) < frames:
+        raise VideoDecodeError(f"{path}: {len(decoded)} frames at stride {stride}, the model reads {frames}")
+    clip = torch.from_numpy(decoded).permute(0, 3, 1, 2).contiguous()  # [T, 3, H, W]
+    if clip.shape[-1] != size or clip.shape[-2] != size:
+        clip = F.interpolate(clip.float(), size=(size, size), mode="bilinear", antialias=True)
+        clip = clip.round().clamp(0, 255).to(torch.uint8)
+    return clip
+
+
 class VideoCache(ImageCache):
     """Decoded clips [T, 3, H, W] by record index: ImageCache's memo and bad-file set over MP4s."""
 
@@ -78,15 +92,7 @@ class VideoCache(ImageCache):
         self.frames, self.stride = frames, stride
 
     def _load(self, i: int) -> Tensor:
-        frames = decode_mp4(self.records[i].path, self.stride, self.frames)
-        if len(frames) < self.frames:
-            raise VideoDecodeError(f"{self.records[i].path}: {len(frames)} frames at stride {self.stride}, "
-                                   f"the model reads {self.frames}")  # fmt: skip
-        clip = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()  # [T, 3, H, W]
-        if clip.shape[-1] != self.size or clip.shape[-2] != self.size:
-            clip = F.interpolate(clip.float(), size=(self.size, self.size), mode="bilinear", antialias=True)
-            clip = clip.round().clamp(0, 255).to(torch.uint8)
-        return clip
+        return load_clip(self.records[i].path, self.size, self.frames, self.stride)
 
     def subset(self, idx: Sequence[int]) -> VideoCache:
         return VideoCache([self.records[i] for i in idx], self.size, self.frames, self.stride, self.keep)

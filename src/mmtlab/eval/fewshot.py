@@ -176,19 +176,22 @@ CONDITIONS = ("own", "shuffled", "none")
 @torch.no_grad()
 def image_worth(
     model, tokenizer, records: Sequence, *, n_docs: int = 240, max_chunks: int = 8, seed: int = 0,
-    batch_size: int = 16, progress: bool = True,
+    batch_size: int = 16, frame_stride: int = 1, progress: bool = True,
 ) -> dict:  # fmt: skip
     """Next-token loss (nats per text token) on held-out documents built from `records`, per task,
     with each document's own images, with the images of other documents (a derangement within the
     batch: same count and positions) and with none (gates skipped: the frozen LM). A model that
     reads its images has own < shuffled; own = shuffled = none means it ignores them. Far less
-    noisy than few-shot accuracy on a few hundred queries."""
+    noisy than few-shot accuracy on a few hundred queries. Records of a video build give clip
+    documents (clips of the resampler's max_frames frames, every `frame_stride`-th)."""
     from mmtlab.data.interleaved import InterleavedDocuments, build_documents
     from mmtlab.objectives.caption import IGNORE, caption_loss, next_token_labels
 
     model.eval()
     docs = build_documents(records, n_docs, max_chunks, seed)
-    collate = InterleavedDocuments(docs, model.image_size, max_images=max_chunks).collator(tokenizer)
+    frames = model.cfg.flamingo.max_frames
+    collate = InterleavedDocuments(docs, model.image_size, max_images=max_chunks, frames=frames,
+                                   frame_stride=frame_stride).collator(tokenizer)  # fmt: skip
     gen = torch.Generator().manual_seed(seed)
     sums: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys((*CONDITIONS, "tokens"), 0.0))
     by_task = [[d for d in docs if d.task == t] for t in TASKS]
@@ -216,13 +219,14 @@ def image_worth(
     return out
 
 
-def media_source(model, records: Sequence):
-    """Images, or for a video build (data/video.py) clips of the resampler's `max_frames` frames:
-    Flamingo reads clips as frames -> frozen vision -> resampler with time embeddings."""
+def media_source(model, records: Sequence, frame_stride: int = 1):
+    """Images, or for a video build (data/video.py) clips of the resampler's `max_frames` frames
+    (every `frame_stride`-th, as training read them): Flamingo reads clips as frames -> frozen
+    vision -> resampler with time embeddings."""
     from mmtlab.data.video import VideoCache, is_clip
 
     if records and is_clip(records[0].path):
-        return VideoCache(records, model.image_size, frames=model.cfg.flamingo.max_frames)
+        return VideoCache(records, model.image_size, frames=model.cfg.flamingo.max_frames, stride=frame_stride)
     return ImageCache(records, model.image_size)
 
 
@@ -240,10 +244,12 @@ def evaluate_fewshot(
     seed: int = 0,
     progress: bool = True,
     examples: int = 3,
+    frame_stride: int = 1,
 ) -> dict:
     """{task: {"metric", "n", "scores": {shots: value}, "examples"}} over the first `max_items`
     queries of each task (the same queries for every number of shots)."""
-    query_images, support_images = media_source(model, query_records), media_source(model, support_records)
+    query_images = media_source(model, query_records, frame_stride)
+    support_images = media_source(model, support_records, frame_stride)
     result = {}
     for task in tasks:
         queries = task_items(task, query_records, seed)[:max_items]

@@ -244,16 +244,14 @@ def eval_fewshot(
     model, cfg = load_run(run_dir, data)
     require_eval(cfg, "fewshot", run_dir)
     queries = load_split(cfg.data, split)
-    from mmtlab.data.video import is_clip
-
-    # image_worth builds interleaved image documents; a video build's clips have none (yet)
-    clips = is_clip(queries[0].path)
-    worth = None if blind or clips else image_worth(model, model.tokenizer, queries, seed=seed, progress=progress)
+    stride = cfg.data.frame_stride  # clips are read as training read them
+    worth = None if blind else image_worth(model, model.tokenizer, queries, seed=seed, frame_stride=stride,
+                                           progress=progress)  # fmt: skip
     if blind:
         model.close_gates()
     scores = evaluate_fewshot(
-        model, model.tokenizer, queries, load_split(cfg.data, support),
-        tasks=tasks, shots=shots, max_items=max_items, num_beams=num_beams, seed=seed, progress=progress,
+        model, model.tokenizer, queries, load_split(cfg.data, support), tasks=tasks, shots=shots,
+        max_items=max_items, num_beams=num_beams, seed=seed, progress=progress, frame_stride=stride,
     )  # fmt: skip
     result = {"split": split, "support": support, "num_beams": num_beams, "seed": seed, "blind": blind, **scores}
     if worth is not None:
