@@ -206,13 +206,14 @@ def test_styles_look_different(atlas):
 
 
 def test_english_helpers():
-    assert [article(w) for w in ("apple", "cat", "hourglass", "unicorn", "ATM sign", "UFO", "8-ball")] == [
+    assert [article(w) for w in ("apple", "cat", "hourglass", "unicorn", "ATM sign", "UFO", "8-ball", "x-ray")] == [
         "an",
         "a",
         "an",
         "a",
         "an",
         "a",
+        "an",
         "an",
     ]
     assert pluralize("red apple") == "red apples"

@@ -181,7 +181,7 @@ def article(phrase: str) -> str:
     w = word.lower()
     if re.match(r"(uni|use|usu|eu|one|once|ufo|u-)", w):
         return "a"
-    if re.match(r"(hour|honest|honou?r|heir)", w):
+    if re.match(r"(hour|honest|honou?r|heir|x-)", w):  # "an x-ray": the letter's name, "ex"
         return "an"
     if w[0].isdigit():
         return "an" if w[0] == "8" or w.startswith(("11", "18")) else "a"
