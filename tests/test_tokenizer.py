@@ -50,7 +50,7 @@ def test_with_spans_marks_the_phrase_tokens_and_respects_truncation():
     span cut off by max_len keeps only the tokens that survive, and [SEP] is never inside."""
     caption = "a grinning face to the left of a red apple"
     spans = [(0, 15), (33, 42), (19, 27)]  # "a grinning face", "red apple", "the left"
-    full = TextTokenizer(train_wordpiece(CAPTIONS, vocab_size=60), max_len=32)
+    full = TextTokenizer(train_wordpiece(CAPTIONS, vocab_size=110), max_len=32)
     ids, mask, inside = full.with_spans([caption] * 3, spans)
     assert torch.equal(ids, full([caption] * 3)[0]) and torch.equal(mask, full([caption] * 3)[1])
     pieces = [full.tok.id_to_token(int(t)) for t in ids[0, mask[0]]]
@@ -58,9 +58,20 @@ def test_with_spans_marks_the_phrase_tokens_and_respects_truncation():
     for row, (start, end) in enumerate(spans):
         assert full.decode(ids[row][inside[row]]) == caption[start:end]
     n = int(inside[2].nonzero()[-1])  # max_len cuts off the last piece of "the left" (for [SEP])
+    survivors = full.decode(ids[2][inside[2]][:-1])  # "the left" less its last piece
+    assert "the left".startswith(survivors) and len(survivors) < len("the left")
     short = TextTokenizer(full.tok, max_len=n + 1)
     ids, mask, inside = short.with_spans([caption] * 3, spans)
     assert ids.shape[1] == n + 1 and (ids[:, -1] == short.sep_id).all()
     assert full.decode(ids[0][inside[0]]) == "a grinning face"  # wholly inside the limit
     assert not inside[1].any()  # "red apple" is cut off: no tokens
-    assert full.decode(ids[2][inside[2]]) == "the lef"
+    assert full.decode(ids[2][inside[2]]) == survivors
+
+
+def test_every_letter_and_digit_is_spellable():
+    """Captions without digits or a 'q' still give a vocabulary that spells them: a fine-tune's
+    answers ("0", "2") and a user's words never become [UNK]."""
+    tok = TextTokenizer(train_wordpiece(CAPTIONS, vocab_size=200), max_len=32)
+    ids, mask = tok(["0 12 quiz zebra"])
+    assert tok.unk_id not in ids[0, mask[0]].tolist()
+    assert tok.decode(ids[0, mask[0]]) == "0 12 quiz zebra"

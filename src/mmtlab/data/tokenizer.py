@@ -84,6 +84,12 @@ class TextTokenizer:
         atomic_write_text(path, self.tok.to_str(pretty=True))
 
 
+# Every letter and digit, word-initial and '##' continuing, whatever the training text holds: a
+# vocabulary learned on scene captions must still spell "0", "zebra" or "q" (not [UNK]) when a
+# fine-tune or a question brings them.
+BASE_ALPHABET = frozenset(c for ch in "abcdefghijklmnopqrstuvwxyz0123456789" for c in (ch, "##" + ch))
+
+
 def _learn_pieces(word_counts: dict[str, int], budget: int) -> list[str]:
     """BPE-style merges with WordPiece's '##' continuation pieces, ties broken by the pieces' text.
 
@@ -93,7 +99,7 @@ def _learn_pieces(word_counts: dict[str, int], budget: int) -> list[str]:
     words = sorted(word_counts)
     splits = [[w[0]] + ["##" + c for c in w[1:]] for w in words]
     freq = [word_counts[w] for w in words]
-    pieces = sorted({p for s in splits for p in s})
+    pieces = sorted({p for s in splits for p in s} | BASE_ALPHABET)
     pair_count: dict[tuple[str, str], int] = defaultdict(int)
     where: dict[tuple[str, str], set[int]] = defaultdict(set)
 

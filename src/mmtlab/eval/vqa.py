@@ -35,7 +35,7 @@ def answer_questions(
     questions: Sequence[Question],
     *,
     batch_size: int = 128,
-    max_new_tokens: int = 8,
+    max_new_tokens: int = 16,  # a one-word answer spelt in pieces: 'disappeared' is 11 letters
     device: str | torch.device = "cpu",
     progress: bool = True,
     source=None,
