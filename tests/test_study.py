@@ -57,6 +57,24 @@ def test_a_metric_a_run_lacks_is_left_out_not_an_error():
     assert metric_value({"ablation": {"v4l_none": 3}}, "ablation.v4l_none") == 3.0
 
 
+def test_paired_differences_pair_by_seed_not_by_position():
+    from mmtlab.study.runner import paired_differences
+
+    def row(name, seeds, values):
+        return {"name": name, "seeds": len(seeds), "metrics": {"m.x": {"values": values, "seeds": seeds}}}
+
+    base = row("a", [0, 1, 2], [10.0, 20.0, 30.0])
+    other = row("b", [0, 2], [13.0, 35.0])  # seed 1 of b lacks the metric
+    (p,) = paired_differences([base, other], ["m.x"], [0, 1, 2])
+    d = p["metrics"]["m.x"]
+    assert d["values"] == [3.0, 5.0] and d["seeds"] == [0, 2] and p["baseline"] == "a"
+    assert (d["mean"], d["ci95"]) == mean_ci95([3.0, 5.0])
+    # The paired interval ignores what the seeds share: a constant +2 gap has width 0 although
+    # each cell alone spans 10 to 30.
+    (p,) = paired_differences([base, row("c", [0, 1, 2], [12.0, 22.0, 32.0])], ["m.x"], [0, 1, 2])
+    assert p["metrics"]["m.x"]["mean"] == pytest.approx(2.0) and p["metrics"]["m.x"]["ci95"] == pytest.approx(0.0)
+
+
 def test_grid_expansion_and_exclusion(tmp_path, tiny_data):
     spec, base = load_study(write_study(tmp_path, tiny_data))
     cells = expand(spec)
@@ -79,6 +97,8 @@ def test_study_runs_resumes_and_aggregates(tmp_path, tiny_data):
     run_study(path, tmp_path / "out")  # finished runs are skipped, not retrained
     assert (out / "runs" / "dual__low" / "seed_0" / "study_run.json").stat().st_mtime_ns == first
     assert "± " in (out / "results.md").read_text()
+    assert [p["name"] for p in result["paired"]] == [r["name"] for r in result["rows"][1:]]
+    assert "Paired differences" in (out / "results.md").read_text()
     # An evaluation added to a finished study runs on the existing runs, without retraining them.
     spec = yaml.safe_load(path.read_text())
     spec["evals"]["mlm_like"] = {"split": "val", "examples": False}
@@ -98,6 +118,18 @@ def test_study_runs_resumes_and_aggregates(tmp_path, tiny_data):
     result = json.loads((out / "results.json").read_text())
     assert result["rows"][0]["metrics"]["mlm_like.t2i_r1"]["values"]
     assert '<img src="data:image/png;base64,' in write_study_report(out).read_text()
+
+
+def test_a_study_split_by_seed_aggregates_every_finished_seed(tmp_path, tiny_data):
+    path = write_study(tmp_path, tiny_data, exclude=[{"layout": "asym"}, {"lr": "high"}])  # one cell
+    with pytest.raises(ConfigError, match=r"seeds \[7\] are not among"):
+        run_study(path, tmp_path / "out", seeds=[7])
+    out = run_study(path, tmp_path / "out", seeds=[1])  # e.g. a second process
+    assert [d.name for d in (out / "runs" / "dual__low").iterdir()] == ["seed_1"]
+    assert json.loads((out / "results.json").read_text())["rows"][0]["seeds"] == 1
+    run_study(path, tmp_path / "out", seeds=[0])
+    row = json.loads((out / "results.json").read_text())["rows"][0]
+    assert row["seeds"] == 2 and row["metrics"]["retrieval.t2i_r1"]["seeds"] == [0, 1]
 
 
 def test_bad_cell_is_reported_before_anything_runs(tmp_path, tiny_data):

@@ -70,15 +70,20 @@ def study(
     spec: Annotated[Path, typer.Argument(help="study YAML (configs/studies/)")],
     out: Annotated[Path | None, typer.Option(help="study directory (default runs/studies/<name>)")] = None,
     dry_run: Annotated[bool, typer.Option(help="validate every run's config and list the cells, run nothing")] = False,
+    seed: Annotated[
+        list[int] | None,
+        typer.Option(help="run only this seed of the study (repeatable): split a study across processes"),
+    ] = None,
 ):
     """Train and evaluate a grid of runs x seeds (resumable: rerun to continue), then print one table
-    of mean ± 95% CI and write results.json, results.md and report.html."""
+    of mean ± 95% CI with each cell's paired difference from the first cell, and write results.json,
+    results.md and report.html."""
     from mmtlab.study import run_study
     from mmtlab.study.report import write_study_report
     from mmtlab.study.runner import StudyStopped
 
     try:
-        out_dir = run_study(spec, out, dry_run=dry_run, console=console)
+        out_dir = run_study(spec, out, dry_run=dry_run, seeds=seed, console=console)
     except StudyStopped as e:
         console.print(str(e))
         raise typer.Exit(143) from None

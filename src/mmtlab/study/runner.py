@@ -51,8 +51,16 @@ def run_dir_of(out: Path, cell: Cell, seed: int) -> Path:
 
 
 def run_study(
-    path: str | Path, out: str | Path | None = None, *, dry_run: bool = False, console: Console | None = None
+    path: str | Path,
+    out: str | Path | None = None,
+    *,
+    dry_run: bool = False,
+    seeds: list[int] | None = None,
+    console: Console | None = None,
 ) -> Path:
+    """Train and evaluate every cell x seed of the study at `path` into `out`. `seeds`: run only
+    these of the study's seeds (two processes, or two machines sharing a folder, can split a study
+    by seed); the aggregate always covers every seed finished on disk."""
     from mmtlab.config import ConfigError
     from mmtlab.data.emoji_scenes import build_emoji_scenes
     from mmtlab.evaluate import EVALS
@@ -67,13 +75,16 @@ def run_study(
     # Everything is checked before anything is written: run directories, evaluations, data builds.
     check_run_dirs(spec, cells, out, Path(path))
     check_calls(spec, Path(path))
+    if seeds is not None and (unknown := sorted(set(seeds) - set(spec.seeds))):
+        raise ConfigError(f"{path}: seeds {unknown} are not among the study's seeds {spec.seeds}")
+    run_seeds = [s for s in spec.seeds if seeds is None or s in seeds]
     # Validate every run's config before spending hours on the first ones.
     pretrain = pretrain_configs(spec, Path(path))
     pretrained = {name: out / "pretrain" / name for name in pretrain}
     # Seed-major: every cell's first seed runs before any cell's second, so an interrupted study
     # already has the whole grid at one seed (and each later seed narrows every interval at once).
     try:
-        configs = {(c, s): cell_config(spec, base, c, s, pretrained) for s in spec.seeds for c in cells}
+        configs = {(c, s): cell_config(spec, base, c, s, pretrained) for s in run_seeds for c in cells}
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     for (cell, _), cfg in [*configs.items(), *(((None, name), cfg) for name, cfg in pretrain.items())]:
@@ -82,7 +93,7 @@ def run_study(
         except ConfigError as e:
             raise ConfigError(f"{path}: {'pretrain' if cell is None else f'study cell {cell.name!r}'}: {e}") from None
     total = len(configs)
-    console.print(f"study [bold]{spec.name}[/]: {len(cells)} cells x {len(spec.seeds)} seeds = {total} runs -> {out}")
+    console.print(f"study [bold]{spec.name}[/]: {len(cells)} cells x {len(run_seeds)} seeds = {total} runs -> {out}")
     if dry_run:
         for c in cells:
             console.print(f"  {c.name}: {' '.join(c.overrides) or '(base)'}")
@@ -160,24 +171,51 @@ def aggregate(out: Path, spec: StudySpec, cells: list[Cell] | None = None, conso
         for seed in spec.seeds:
             f = run_dir_of(out, cell, seed) / "study_run.json"
             if f.exists():
-                per_seed.append(json.loads(f.read_text())["metrics"])
+                per_seed.append((seed, json.loads(f.read_text())["metrics"]))
         runs = [str(run_dir_of(out, cell, s).relative_to(out)) for s in spec.seeds]
         row = {"cell": dict(cell.labels), "name": cell.name, "seeds": len(per_seed), "runs": runs, "metrics": {}}
         for m in spec.metrics:
-            values = [v for r in per_seed if (v := metric_value(r, m)) is not None]
-            if values:
+            found = [(s, v) for s, r in per_seed if (v := metric_value(r, m)) is not None]
+            if found:
+                values = [v for _, v in found]
                 mean, ci = mean_ci95(values)
-                row["metrics"][m] = {"mean": mean, "ci95": ci, "values": values}
-                ref = reference_value(per_seed[0], m)
+                row["metrics"][m] = {"mean": mean, "ci95": ci, "values": values, "seeds": [s for s, _ in found]}
+                ref = reference_value(per_seed[0][1], m)
                 if ref is not None:
                     row["metrics"][m]["reference"] = ref
         rows.append(row)
     result = {"study": spec.name, "axes": list(spec.axes), "metrics": spec.metrics, "rows": rows}
+    result["paired"] = paired_differences(rows, spec.metrics, spec.seeds)
     atomic_write_json(out / "results.json", result)
     atomic_write_text(out / "results.md", results_markdown(result))
     if console is not None:
         print_results(result, console)
     return result
+
+
+def paired_differences(rows: list[dict], metrics: list[str], seeds: list[int]) -> list[dict]:
+    """Each cell minus the first cell (the baseline), seed by seed: the mean difference and its 95%
+    CI over the seeds both ran. Seeds share data order and initialisation draws, so a paired
+    interval is narrower than the two cells' intervals side by side whenever seeds move both alike."""
+    if not rows:
+        return []
+    base = rows[0]
+    out = []
+    for row in rows[1:]:
+        diffs = {}
+        for m in metrics:
+            a, b = base["metrics"].get(m), row["metrics"].get(m)
+            if not a or not b:
+                continue
+            x, y = dict(zip(a["seeds"], a["values"])), dict(zip(b["seeds"], b["values"]))
+            both = [s for s in seeds if s in x and s in y]
+            if both:
+                d = [y[s] - x[s] for s in both]
+                mean, ci = mean_ci95(d)
+                diffs[m] = {"mean": mean, "ci95": ci, "values": d, "seeds": both}
+        n = max((len(v["seeds"]) for v in diffs.values()), default=0)
+        out.append({"name": row["name"], "baseline": base["name"], "seeds": n, "metrics": diffs})
+    return out
 
 
 def _short(metric: str) -> str:
@@ -207,7 +245,16 @@ def results_markdown(result: dict) -> str:
             v = r["metrics"].get(m)
             cells.append(format_mean_ci(v))
         body += "| " + " | ".join(cells) + " |\n"
-    return f"# Study {result['study']}\n\nmean ± 95% CI over seeds\n\n" + head + body
+    text = f"# Study {result['study']}\n\nmean ± 95% CI over seeds\n\n" + head + body
+    paired = result.get("paired") or []
+    if paired:
+        text += f"\n## Paired differences (cell − {paired[0]['baseline']}, seed by seed; mean ± 95% CI)\n\n"
+        text += "| cell | seeds | " + " | ".join(map(_short, metrics)) + " |\n"
+        text += "|---|---:|" + "---:|" * len(metrics) + "\n"
+        for p in paired:
+            cells = [format_mean_ci(p["metrics"].get(m)) for m in metrics]
+            text += f"| {p['name']} | {p['seeds']} | " + " | ".join(cells) + " |\n"
+    return text
 
 
 def print_results(result: dict, console: Console) -> None:
@@ -223,3 +270,13 @@ def print_results(result: dict, console: Console) -> None:
         vals = [format_mean_ci(r["metrics"].get(m)) for m in result["metrics"]]
         table.add_row(*[r["cell"].get(a, "") for a in result["axes"]], str(r["seeds"]), *vals)
     console.print(table)
+    paired = result.get("paired") or []
+    if paired:
+        table = Table(title=f"paired differences: cell − {paired[0]['baseline']}, seed by seed (mean ± 95% CI)")
+        table.add_column("cell")
+        table.add_column("seeds", justify="right")
+        for m in result["metrics"]:
+            table.add_column(_short(m), justify="right")
+        for p in paired:
+            table.add_row(p["name"], str(p["seeds"]), *[format_mean_ci(p["metrics"].get(m)) for m in result["metrics"]])
+        console.print(table)
