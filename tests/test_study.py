@@ -132,6 +132,16 @@ def test_a_study_split_by_seed_aggregates_every_finished_seed(tmp_path, tiny_dat
     assert row["seeds"] == 2 and row["metrics"]["retrieval.t2i_r1"]["seeds"] == [0, 1]
 
 
+def test_only_selects_cells_by_axis_label_and_names_a_bad_one(tmp_path, tiny_data):
+    path = write_study(tmp_path, tiny_data)
+    with pytest.raises(ConfigError, match=r"--only lr=medium: not an axis=label"):
+        run_study(path, tmp_path / "out", only=["lr=medium"])
+    out = run_study(path, tmp_path / "out", only=["layout=dual", "lr=high"], seeds=[0], dry_run=True)
+    assert not out.exists()  # a dry run writes nothing
+    run_study(path, tmp_path / "out", only=["layout=asym"], seeds=[0])
+    assert sorted(d.name for d in (tmp_path / "out" / "runs").iterdir()) == ["asym__low"]
+
+
 def test_bad_cell_is_reported_before_anything_runs(tmp_path, tiny_data):
     path = write_study(tmp_path, tiny_data, axes={"layout": {"oops": {"model.layout": "nope"}}}, exclude=[])
     with pytest.raises(ConfigError, match=r"study cell \[layout=oops\]: model\.layout"):

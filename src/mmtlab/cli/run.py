@@ -74,6 +74,10 @@ def study(
         list[int] | None,
         typer.Option(help="run only this seed of the study (repeatable): split a study across processes"),
     ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(help="run only the cells with this AXIS=LABEL (repeatable: all must match), e.g. arch=coca"),
+    ] = None,
 ):
     """Train and evaluate a grid of runs x seeds (resumable: rerun to continue), then print one table
     of mean ± 95% CI with each cell's paired difference from the first cell, and write results.json,
@@ -83,7 +87,7 @@ def study(
     from mmtlab.study.runner import StudyStopped
 
     try:
-        out_dir = run_study(spec, out, dry_run=dry_run, seeds=seed, console=console)
+        out_dir = run_study(spec, out, dry_run=dry_run, seeds=seed, only=only, console=console)
     except StudyStopped as e:
         console.print(str(e))
         raise typer.Exit(143) from None

@@ -56,11 +56,13 @@ def run_study(
     *,
     dry_run: bool = False,
     seeds: list[int] | None = None,
+    only: list[str] | None = None,
     console: Console | None = None,
 ) -> Path:
     """Train and evaluate every cell x seed of the study at `path` into `out`. `seeds`: run only
-    these of the study's seeds (two processes, or two machines sharing a folder, can split a study
-    by seed); the aggregate always covers every seed finished on disk."""
+    these of the study's seeds; `only`: only the cells with every given `axis=label` (two
+    processes, or two machines sharing a folder, can split a study by seed or by cell without
+    sharing a run); the aggregate always covers every run finished on disk."""
     from mmtlab.config import ConfigError
     from mmtlab.data.emoji_scenes import build_emoji_scenes
     from mmtlab.evaluate import EVALS
@@ -78,13 +80,19 @@ def run_study(
     if seeds is not None and (unknown := sorted(set(seeds) - set(spec.seeds))):
         raise ConfigError(f"{path}: seeds {unknown} are not among the study's seeds {spec.seeds}")
     run_seeds = [s for s in spec.seeds if seeds is None or s in seeds]
+    run_cells = cells
+    for item in only or []:
+        axis, _, label = item.partition("=")
+        if axis not in spec.axes or label not in spec.axes[axis]:
+            raise ConfigError(f"{path}: --only {item}: not an axis=label of the study ({', '.join(spec.axes)})")
+        run_cells = [c for c in run_cells if (axis, label) in c.labels]
     # Validate every run's config before spending hours on the first ones.
     pretrain = pretrain_configs(spec, Path(path))
     pretrained = {name: out / "pretrain" / name for name in pretrain}
     # Seed-major: every cell's first seed runs before any cell's second, so an interrupted study
     # already has the whole grid at one seed (and each later seed narrows every interval at once).
     try:
-        configs = {(c, s): cell_config(spec, base, c, s, pretrained) for s in run_seeds for c in cells}
+        configs = {(c, s): cell_config(spec, base, c, s, pretrained) for s in run_seeds for c in run_cells}
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     for (cell, _), cfg in [*configs.items(), *(((None, name), cfg) for name, cfg in pretrain.items())]:
@@ -93,9 +101,10 @@ def run_study(
         except ConfigError as e:
             raise ConfigError(f"{path}: {'pretrain' if cell is None else f'study cell {cell.name!r}'}: {e}") from None
     total = len(configs)
-    console.print(f"study [bold]{spec.name}[/]: {len(cells)} cells x {len(run_seeds)} seeds = {total} runs -> {out}")
+    grid = f"{len(run_cells)} cells x {len(run_seeds)} seeds = {total} runs"
+    console.print(f"study [bold]{spec.name}[/]: {grid} -> {out}")
     if dry_run:
-        for c in cells:
+        for c in run_cells:
             console.print(f"  {c.name}: {' '.join(c.overrides) or '(base)'}")
         return out
     out.mkdir(parents=True, exist_ok=True)
