@@ -80,12 +80,11 @@ def run_study(
     if seeds is not None and (unknown := sorted(set(seeds) - set(spec.seeds))):
         raise ConfigError(f"{path}: seeds {unknown} are not among the study's seeds {spec.seeds}")
     run_seeds = [s for s in spec.seeds if seeds is None or s in seeds]
-    run_cells = cells
-    for item in only or []:
-        axis, _, label = item.partition("=")
+    selection = [tuple(item.partition("=")[::2]) for item in only or []]
+    for axis, label in selection:
         if axis not in spec.axes or label not in spec.axes[axis]:
-            raise ConfigError(f"{path}: --only {item}: not an axis=label of the study ({', '.join(spec.axes)})")
-        run_cells = [c for c in run_cells if (axis, label) in c.labels]
+            raise ConfigError(f"{path}: --only {axis}={label}: not an axis=label of the study ({', '.join(spec.axes)})")
+    run_cells = [c for c in cells if c.matches(selection)]
     # Validate every run's config before spending hours on the first ones.
     pretrain = pretrain_configs(spec, Path(path))
     pretrained = {name: out / "pretrain" / name for name in pretrain}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -100,6 +101,10 @@ class Cell:
     @property
     def name(self) -> str:
         return ", ".join(f"{a}={lab}" for a, lab in self.labels) or "base"
+
+    def matches(self, selection: Iterable[tuple[str, str]]) -> bool:
+        """Whether the cell has every (axis, label) of `selection` (an `exclude` entry, `--only`)."""
+        return all(dict(self.labels).get(a) == lab for a, lab in selection)
 
     @property
     def dirname(self) -> str:
@@ -234,10 +239,9 @@ def expand(spec: StudySpec) -> list[Cell]:
     cells = []
     for combo in product(*[list(labels.items()) for _, labels in axes]):
         labels = tuple((axis, label) for (axis, _), (label, _) in zip(axes, combo))
-        if any(all(dict(labels).get(a) == lab for a, lab in ex.items()) for ex in spec.exclude):
-            continue
-        overrides = tuple(as_override(k, v) for _, ov in combo for k, v in ov.items())
-        cells.append(Cell(labels, overrides))
+        cell = Cell(labels, tuple(as_override(k, v) for _, ov in combo for k, v in ov.items()))
+        if not any(cell.matches(ex.items()) for ex in spec.exclude):
+            cells.append(cell)
     return cells
 
 
