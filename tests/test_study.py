@@ -75,6 +75,28 @@ def test_paired_differences_pair_by_seed_not_by_position():
     assert p["metrics"]["m.x"]["mean"] == pytest.approx(2.0) and p["metrics"]["m.x"]["ci95"] == pytest.approx(0.0)
 
 
+def test_paired_baseline_changes_only_the_first_axis():
+    from mmtlab.study.runner import paired_differences
+
+    def row(layout, loss, values):
+        name = f"layout={layout}, loss={loss}"
+        metrics = {"m.x": {"values": values, "seeds": [0, 1]}}
+        return {"cell": {"layout": layout, "loss": loss}, "name": name, "metrics": metrics}
+
+    rows = [row("merged", "none", [1.0, 2.0]), row("coattn", "none", [2.0, 4.0]),
+            row("merged", "itc", [10.0, 20.0]), row("coattn", "itc", [13.0, 23.0])]  # fmt: skip
+    found = paired_differences(rows, ["m.x"], [0, 1])
+    pairs = {p["name"]: (p["baseline"], p["metrics"]["m.x"]["values"]) for p in found}
+    assert pairs == {
+        "layout=coattn, loss=none": ("layout=merged, loss=none", [1.0, 2.0]),
+        "layout=coattn, loss=itc": ("layout=merged, loss=itc", [3.0, 3.0]),
+    }
+    # A baseline cell that was not run (no values) leaves its group without paired rows; the other
+    # group is not paired across losses instead.
+    rows[0]["metrics"] = {}
+    assert [p["name"] for p in paired_differences(rows, ["m.x"], [0, 1])] == ["layout=coattn, loss=itc"]
+
+
 def test_grid_expansion_and_exclusion(tmp_path, tiny_data):
     spec, base = load_study(write_study(tmp_path, tiny_data))
     cells = expand(spec)
@@ -97,7 +119,8 @@ def test_study_runs_resumes_and_aggregates(tmp_path, tiny_data):
     run_study(path, tmp_path / "out")  # finished runs are skipped, not retrained
     assert (out / "runs" / "dual__low" / "seed_0" / "study_run.json").stat().st_mtime_ns == first
     assert "± " in (out / "results.md").read_text()
-    assert [p["name"] for p in result["paired"]] == [r["name"] for r in result["rows"][1:]]
+    # Each cell against the first layout under the same lr: (dual, high) is its own baseline.
+    assert [(p["name"], p["baseline"]) for p in result["paired"]] == [("layout=asym, lr=low", "layout=dual, lr=low")]
     assert "Paired differences" in (out / "results.md").read_text()
     # An evaluation added to a finished study runs on the existing runs, without retraining them.
     spec = yaml.safe_load(path.read_text())

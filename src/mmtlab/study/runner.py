@@ -202,14 +202,29 @@ def aggregate(out: Path, spec: StudySpec, cells: list[Cell] | None = None, conso
 
 
 def paired_differences(rows: list[dict], metrics: list[str], seeds: list[int]) -> list[dict]:
-    """Each cell minus the first cell (the baseline), seed by seed: the mean difference and its 95%
-    CI over the seeds both ran. Seeds share data order and initialisation draws, so a paired
-    interval is narrower than the two cells' intervals side by side whenever seeds move both alike."""
+    """Each cell minus its baseline, seed by seed: the mean difference and its 95% CI over the seeds
+    both ran. The baseline is the cell with the same labels but the first axis at its first label
+    (in a one-axis study: the first cell), so a difference changes one factor only; in a layout x
+    loss grid, each layout is compared with the first layout under the same losses. Seeds share
+    data order and initialisation draws, so a paired interval is narrower than the two cells'
+    intervals side by side whenever seeds move both alike."""
     if not rows:
         return []
-    base = rows[0]
+    first = rows[0].get("cell") or {}
+    axis = next(iter(first), None)
+
+    def baseline_of(row: dict) -> dict | None:
+        cell = row.get("cell") or {}
+        if axis is None or axis not in cell:
+            return rows[0]
+        want = {**cell, axis: first[axis]}
+        return next((r for r in rows if r.get("cell") == want), None)
+
     out = []
-    for row in rows[1:]:
+    for row in rows:
+        base = baseline_of(row)
+        if base is None or base is row:
+            continue
         diffs = {}
         for m in metrics:
             a, b = base["metrics"].get(m), row["metrics"].get(m)
@@ -221,7 +236,9 @@ def paired_differences(rows: list[dict], metrics: list[str], seeds: list[int]) -
                 d = [y[s] - x[s] for s in both]
                 mean, ci = mean_ci95(d)
                 diffs[m] = {"mean": mean, "ci95": ci, "values": d, "seeds": both}
-        n = max((len(v["seeds"]) for v in diffs.values()), default=0)
+        if not diffs:  # the baseline (or this cell) has not run yet
+            continue
+        n = max(len(v["seeds"]) for v in diffs.values())
         out.append({"name": row["name"], "baseline": base["name"], "seeds": n, "metrics": diffs})
     return out
 
@@ -256,12 +273,12 @@ def results_markdown(result: dict) -> str:
     text = f"# Study {result['study']}\n\nmean ± 95% CI over seeds\n\n" + head + body
     paired = result.get("paired") or []
     if paired:
-        text += f"\n## Paired differences (cell − {paired[0]['baseline']}, seed by seed; mean ± 95% CI)\n\n"
-        text += "| cell | seeds | " + " | ".join(map(_short, metrics)) + " |\n"
-        text += "|---|---:|" + "---:|" * len(metrics) + "\n"
+        text += "\n## Paired differences (cell − baseline, seed by seed; mean ± 95% CI)\n\n"
+        text += "| cell | baseline | seeds | " + " | ".join(map(_short, metrics)) + " |\n"
+        text += "|---|---|---:|" + "---:|" * len(metrics) + "\n"
         for p in paired:
             cells = [format_mean_ci(p["metrics"].get(m)) for m in metrics]
-            text += f"| {p['name']} | {p['seeds']} | " + " | ".join(cells) + " |\n"
+            text += f"| {p['name']} | {p['baseline']} | {p['seeds']} | " + " | ".join(cells) + " |\n"
     return text
 
 
@@ -280,11 +297,13 @@ def print_results(result: dict, console: Console) -> None:
     console.print(table)
     paired = result.get("paired") or []
     if paired:
-        table = Table(title=f"paired differences: cell − {paired[0]['baseline']}, seed by seed (mean ± 95% CI)")
+        table = Table(title="paired differences: cell − baseline, seed by seed (mean ± 95% CI)")
         table.add_column("cell")
+        table.add_column("baseline")
         table.add_column("seeds", justify="right")
         for m in result["metrics"]:
             table.add_column(_short(m), justify="right")
         for p in paired:
-            table.add_row(p["name"], str(p["seeds"]), *[format_mean_ci(p["metrics"].get(m)) for m in result["metrics"]])
+            vals = [format_mean_ci(p["metrics"].get(m)) for m in result["metrics"]]
+            table.add_row(p["name"], p["baseline"], str(p["seeds"]), *vals)
         console.print(table)
