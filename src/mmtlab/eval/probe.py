@@ -2,12 +2,13 @@
 
 - image  `sprite`:   which sprite is the largest in the scene (sprite id from the Karpathy JSON's
                       `labels`/`boxes`; classes of the probe's training images), and its category
-                      (smileys, animals, food ... 10 classes)
+                      (smileys, animals, food ... 10 classes); `count`: how many sprites; `presence`:
+                      is the probe-training images' most common sprite anywhere in the scene
 - text   `style`:    which corpus style a caption has (alt_text / descriptive / narrative)
 - speech `keyword`:  which of 20 sprite names is spoken, leave-one-voice-out over 4 voices
 
 Protocol: features = mean of the final states over real positions (no CLS; a model that pools by
-CLS is also probed on its CLS token, as `image_sprite_cls` / `image_category_cls`), standardised with
+CLS is also probed on its CLS token, as `image_sprite_cls`, ...), standardised with
 the probe-training statistics; multinomial logistic regression fitted by L-BFGS, its L2 weight
 chosen on a held-out fifth of the training items, then refitted on all of them. Each task is run
 on the trained encoder and on the same architecture freshly initialised with the run's seed
@@ -158,7 +159,12 @@ def sprite_categories() -> dict[int, str]:
     return {s["id"]: s["category"] for s in meta["sprites"]}
 
 
-def image_task(cfg, n_train: int, n_test: int) -> tuple[list, list, Tensor, Tensor, Tensor, Tensor]:
+def image_task(cfg, n_train: int, n_test: int) -> tuple[list, list, dict[str, tuple[Tensor, Tensor]]]:
+    """The probe images (train, test) and each image task's (train labels, test labels):
+    sprite -- id of the largest sprite (identity); category -- that sprite's category; count -- how
+    many sprites the scene has; presence -- whether the training images' most common sprite is in
+    the scene (anywhere, at any size). The earlier full-vocabulary models could read counts and
+    backgrounds but not identity, so count and presence tell which kind of knowledge a model has."""
     from mmtlab.data.sources import load_split
 
     train = [r for r in load_split(cfg.data, cfg.data.train_split) if r.labels and r.boxes][:n_train]
@@ -167,9 +173,21 @@ def image_task(cfg, n_train: int, n_test: int) -> tuple[list, list, Tensor, Tens
         raise ValueError("probe sprite: the splits have no sprite labels and boxes (an emoji-scenes build has them)")
     cats = sprite_categories()
     names = sorted(set(cats.values()))
-    sprite = [torch.tensor([_largest_sprite(r) for r in rs]) for rs in (train, test)]
-    category = [torch.tensor([names.index(cats[int(s)]) for s in ids]) for ids in sprite]
-    return train, test, sprite[0], sprite[1], category[0], category[1]
+    common = Counter(s for r in train for s in set(r.labels)).most_common(1)[0][0]
+
+    def labels(fn) -> tuple[Tensor, Tensor]:
+        return torch.tensor([fn(r) for r in train]), torch.tensor([fn(r) for r in test])
+
+    return (
+        train,
+        test,
+        {
+            "sprite": labels(_largest_sprite),
+            "category": labels(lambda r: names.index(cats[int(_largest_sprite(r))])),
+            "count": labels(lambda r: len(r.labels)),
+            "presence": labels(lambda r: int(common in r.labels)),
+        },
+    )
 
 
 def text_task(cfg, n_train: int, n_test: int) -> tuple[list[str], list[str], Tensor, Tensor]:
@@ -221,7 +239,7 @@ def run_probes(
     models = {"trained": model.eval(), "random": random_model.eval()}
     result = {}
     if "image" in modalities:
-        train, test, sprite_tr, sprite_te, cat_tr, cat_te = image_task(cfg, n_train, n_test)
+        train, test, tasks = image_task(cfg, n_train, n_test)
         size = cfg.model.image.size
         cache = {}
 
@@ -234,8 +252,8 @@ def run_probes(
         # embedding is read there) is also probed on the CLS token: `_cls` rows.
         for suffix, which in [("", 0)] + ([("_cls", 1)] if cfg.model.pool == "cls" else []):
             feats = functools.partial(image_feats, which=which)
-            result[f"image_sprite{suffix}"] = _compare(feats, models, sprite_tr, sprite_te)
-            result[f"image_category{suffix}"] = _compare(feats, models, cat_tr, cat_te)
+            for task, (y_train, y_test) in tasks.items():
+                result[f"image_{task}{suffix}"] = _compare(feats, models, y_train, y_test)
     if "text" in modalities:
         try:
             tr, te, ytr, yte = text_task(cfg, n_train, n_test)
