@@ -254,8 +254,8 @@ def eval_probe(
 ):
     """Linear probes of the frozen encoders vs the same model at random init -> RUN_DIR/eval/probe.json.
 
-    image: largest sprite (identity) and its category, sprite count, presence of the most common
-    sprite; text: caption style; speech: spoken keyword (leave one voice out)."""
+    image: largest sprite (identity) and its category, sprite count; text: caption style; speech:
+    spoken keyword (leave one voice out)."""
     from mmtlab.eval.runs import eval_probe
 
     result = eval_probe(run_dir, split, data, n_train, n_test)
