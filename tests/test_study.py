@@ -89,10 +89,14 @@ def test_paired_baseline_changes_only_the_first_axis():
     pairs = {p["name"]: (p["baseline"], p["metrics"]["m.x"]["values"]) for p in found}
     assert pairs == {
         "layout=coattn, loss=none": ("layout=merged, loss=none", [1.0, 2.0]),
+        "layout=merged, loss=itc": ("layout=merged, loss=none", [9.0, 18.0]),
         "layout=coattn, loss=itc": ("layout=merged, loss=itc", [3.0, 3.0]),
     }
-    # A baseline cell that was not run (no values) leaves its group without paired rows; the other
-    # group is not paired across losses instead.
+    # An axis with one label (e.g. arch: {mammut: ...}) before the compared one does not hide it.
+    one = [{**r, "cell": {"arch": "m", **r["cell"]}} for r in rows]
+    assert len(paired_differences(one, ["m.x"], [0, 1])) == 3
+    # A baseline cell that was not run (no values) leaves the cells that change one factor from it
+    # without paired rows; they are not paired with anything else instead.
     rows[0]["metrics"] = {}
     assert [p["name"] for p in paired_differences(rows, ["m.x"], [0, 1])] == ["layout=coattn, loss=itc"]
 
@@ -119,8 +123,11 @@ def test_study_runs_resumes_and_aggregates(tmp_path, tiny_data):
     run_study(path, tmp_path / "out")  # finished runs are skipped, not retrained
     assert (out / "runs" / "dual__low" / "seed_0" / "study_run.json").stat().st_mtime_ns == first
     assert "± " in (out / "results.md").read_text()
-    # Each cell against the first layout under the same lr: (dual, high) is its own baseline.
-    assert [(p["name"], p["baseline"]) for p in result["paired"]] == [("layout=asym, lr=low", "layout=dual, lr=low")]
+    # Each cell against the one that sets its first changed axis back: one factor at a time.
+    assert [(p["name"], p["baseline"]) for p in result["paired"]] == [
+        ("layout=dual, lr=high", "layout=dual, lr=low"),
+        ("layout=asym, lr=low", "layout=dual, lr=low"),
+    ]
     assert "Paired differences" in (out / "results.md").read_text()
     # An evaluation added to a finished study runs on the existing runs, without retraining them.
     spec = yaml.safe_load(path.read_text())

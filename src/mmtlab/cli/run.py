@@ -80,8 +80,9 @@ def study(
     ] = None,
 ):
     """Train and evaluate a grid of runs x seeds (resumable: rerun to continue), then print one table
-    of mean ± 95% CI with each cell's paired difference from its baseline (the same cell with the
-    first axis at its first label), and write results.json, results.md and report.html."""
+    of mean ± 95% CI with each cell's paired difference from its baseline (the same cell with one
+    axis set back to its first label: one factor at a time), and write results.json, results.md and
+    report.html."""
     from mmtlab.study import run_study
     from mmtlab.study.report import write_study_report
     from mmtlab.study.runner import StudyStopped

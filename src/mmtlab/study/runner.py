@@ -203,20 +203,23 @@ def aggregate(out: Path, spec: StudySpec, cells: list[Cell] | None = None, conso
 
 def paired_differences(rows: list[dict], metrics: list[str], seeds: list[int]) -> list[dict]:
     """Each cell minus its baseline, seed by seed: the mean difference and its 95% CI over the seeds
-    both ran. The baseline is the cell with the same labels but the first axis at its first label
-    (in a one-axis study: the first cell), so a difference changes one factor only; in a layout x
-    loss grid, each layout is compared with the first layout under the same losses. Seeds share
-    data order and initialisation draws, so a paired interval is narrower than the two cells'
-    intervals side by side whenever seeds move both alike."""
+    both ran. The baseline changes one factor: the same cell with its first axis that is not at the
+    axis's first label set back to it. In a layout x loss grid each layout is compared with the first
+    layout under the same losses, and the first layout's other losses with its first loss; in a
+    one-axis study every cell is compared with the first. Seeds share data order and initialisation
+    draws, so a paired interval is narrower than the two cells' intervals side by side whenever
+    seeds move both alike."""
     if not rows:
         return []
     first = rows[0].get("cell") or {}
-    axis = next(iter(first), None)
 
     def baseline_of(row: dict) -> dict | None:
         cell = row.get("cell") or {}
-        if axis is None or axis not in cell:
+        if not first or cell.keys() != first.keys():
             return rows[0]
+        axis = next((a for a in first if cell[a] != first[a]), None)
+        if axis is None:
+            return row
         want = {**cell, axis: first[axis]}
         return next((r for r in rows if r.get("cell") == want), None)
 
