@@ -177,15 +177,9 @@ def image_task(cfg, n_train: int, n_test: int) -> tuple[list, list, dict[str, tu
     def labels(fn) -> tuple[Tensor, Tensor]:
         return torch.tensor([fn(r) for r in train]), torch.tensor([fn(r) for r in test])
 
-    return (
-        train,
-        test,
-        {
-            "sprite": labels(_largest_sprite),
-            "category": labels(lambda r: names.index(cats[int(_largest_sprite(r))])),
-            "count": labels(lambda r: len(r.labels)),
-        },
-    )
+    sprite = labels(_largest_sprite)
+    category = tuple(torch.tensor([names.index(cats[int(s)]) for s in ids]) for ids in sprite)
+    return train, test, {"sprite": sprite, "category": category, "count": labels(lambda r: len(r.labels))}
 
 
 def text_task(cfg, n_train: int, n_test: int) -> tuple[list[str], list[str], Tensor, Tensor]:
