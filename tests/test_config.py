@@ -20,6 +20,14 @@ def test_model_base_with_overrides_and_dotted_set():
     assert cfg.model.outputs == ["contrastive", "mlm"]
 
 
+def test_an_override_to_null_drops_an_objective():
+    base = {"model": {"base": "dual-tiny"}, "objectives": {"contrastive": 1, "mlm": 0.5}}
+    cfg = load_config(base, ["objectives.mlm=null"])
+    assert list(cfg.objectives) == ["contrastive"] and cfg.model.outputs == ["contrastive"]
+    with pytest.raises(ConfigError, match="at least one objective"):
+        load_config(base, ["objectives.mlm=null", "objectives.contrastive=null"])
+
+
 def test_shipped_run_configs_validate():
     from mmtlab.config import CONFIG_DIR
 

@@ -35,6 +35,22 @@ def test_interleaved_shards_in_both_layouts_and_corrupt_lines(tmp_path):
     assert Document(docs[0].items).render() == "<image>one<|endofchunk|><image>two<|endofchunk|>"
 
 
+def test_documents_are_reused_with_the_same_parameters_and_rebuilt_without_stale_shards(tiny_data, tmp_path):
+    from mmtlab.data.interleaved import build_interleaved, shard_files
+
+    out = tmp_path / "docs"
+    first = build_interleaved(out, tiny_data, docs=30, max_chunks=3)
+    assert first["documents"] == 30 and "skipped" not in first
+    (out / "docs-00007.jsonl").write_text("{}\n")  # a shard a larger earlier build left behind
+    assert build_interleaved(out, tiny_data, docs=30, max_chunks=3)["skipped"]  # a study's rerun builds nothing
+    docs, corrupt = read_documents(out)
+    assert (len(docs), corrupt) == (30, 1)  # untouched: the stray shard's line is still there
+    again = build_interleaved(out, tiny_data, docs=20, max_chunks=3)
+    assert "skipped" not in again and [f.name for f in shard_files(out)] == ["docs-00000.jsonl"]
+    docs, corrupt = read_documents(out)
+    assert (len(docs), corrupt) == (20, 0)
+
+
 @pytest.fixture(scope="module")
 def image_runs(tiny_data, tmp_path_factory):
     """Interleaved image documents, a dual encoder (the frozen vision) and a causal LM, tiny."""

@@ -57,6 +57,36 @@ def test_a_metric_a_run_lacks_is_left_out_not_an_error():
     assert metric_value({"ablation": {"v4l_none": 3}}, "ablation.v4l_none") == 3.0
 
 
+def test_a_metric_can_name_a_value_inside_a_nested_result():
+    from mmtlab.study.runner import metric_value
+
+    # fewshot.json as a study run stores it: JSON turned the shot counts into strings
+    fewshot = {"fewshot": {"classify": {"n": 200, "scores": {"0": 0.14, "8": 0.13}, "metric": "accuracy"}}}
+    assert metric_value(fewshot, "fewshot.classify.scores.8") == 0.13
+    assert metric_value(fewshot, "fewshot.classify.scores.16") is None  # a shot count not evaluated
+    assert metric_value(fewshot, "fewshot.classify.metric") is None  # not a number
+    assert metric_value(fewshot, "fewshot.classify.scores") is None  # not a number either
+    assert metric_value({"zeroshot": {"seen.top1": 0.5}}, "zeroshot.seen.top1") == 0.5  # a flat key with a dot
+
+
+def test_column_names_drop_the_evaluation_only_where_that_leaves_them_distinct():
+    from mmtlab.study.runner import short_names
+
+    metrics = ["retrieval.t2i_r1", "fewshot.classify.scores.8", "fewshot_blind.classify.scores.8"]
+    assert short_names(metrics) == ["t2i_r1", "fewshot.classify.scores.8", "fewshot_blind.classify.scores.8"]
+
+
+def test_the_blind_control_is_an_evaluation_of_its_own():
+    import inspect
+
+    from mmtlab.eval.runs import eval_fewshot
+    from mmtlab.evaluate import EVALS
+
+    blind = inspect.signature(EVALS["fewshot_blind"]).parameters
+    assert blind["blind"].default is True
+    assert set(blind) == set(inspect.signature(eval_fewshot).parameters)  # a study's parameters are checked
+
+
 def test_paired_differences_pair_by_seed_not_by_position():
     from mmtlab.study.runner import paired_differences
 

@@ -10,6 +10,7 @@ above all three. A family lists the names that apply to it (mmtlab/families.py: 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from mmtlab.diagnostics.runs import eval_ablation
@@ -62,6 +63,10 @@ def eval_detect(
                         finetune_steps=finetune_steps)  # fmt: skip
 
 
+# The blind control as an evaluation of its own, so a study can report both: every tanh gate
+# closed, the frozen LM with the trained <image> embedding (-> eval/fewshot_blind.json).
+eval_fewshot_blind = partial(runs.eval_fewshot, blind=True)
+
 EVALS: dict[str, Callable[..., dict]] = {
     "retrieval": runs.eval_retrieval,
     "mlm": runs.eval_mlm,
@@ -69,6 +74,7 @@ EVALS: dict[str, Callable[..., dict]] = {
     "vqa": eval_vqa,
     "probe": runs.eval_probe,
     "fewshot": runs.eval_fewshot,
+    "fewshot_blind": eval_fewshot_blind,
     "ablation": eval_ablation,
     "zeroshot": runs.eval_zeroshot,
     "detect": eval_detect,

@@ -112,18 +112,13 @@ def data_interleaved(
     From an emoji-video build the media are its .mp4 clips (captioning and qa.json's VQA chunks).
 
     Flamingo trains on them (data.interleaved), and so does its LM (their text alone)."""
-    from mmtlab.config import DataConfig
-    from mmtlab.data.interleaved import build_documents, write_shards
-    from mmtlab.data.sources import load_split
-    from mmtlab.data.video import is_video_root
+    from mmtlab.data.interleaved import build_interleaved
 
     if docs < 1 or max_chunks < 1:
         raise UserError(f"--docs and --max-chunks must be at least 1 (got {docs}, {max_chunks})")
-    video = is_video_root(data)
-    records = load_split(DataConfig(root=str(data)), split or ("train" if video else "pretrain"))
-    built = build_documents(records, docs, max_chunks, seed)
-    shards = write_shards(built, out)
-    n_media = sum(len(d.images) for d in built)
-    what = "clips" if video else "images"
-    console.print(f"[green]wrote[/] {len(built)} documents ({n_media} {what}) in {len(shards)} shards to {out}")
-    console.print(f"example: {built[0].render()[:300]}", highlight=False)
+    meta = build_interleaved(out, data, docs, max_chunks, split, seed)
+    what = "clips" if meta["video"] else "images"
+    counts = f"{meta['documents']} documents ({meta['media']} {what}) in {meta['shards']} shards"
+    verb = "kept (built before with these parameters)" if meta.get("skipped") else "wrote"
+    console.print(f"[green]{verb}[/] {counts} in {out}")
+    console.print(f"example: {meta['example']}", highlight=False)

@@ -99,7 +99,8 @@ def _merge_model_base(raw: dict) -> dict:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` strings; values are parsed as YAML (numbers, lists, null...)."""
+    """Apply `a.b.c=value` strings; values are parsed as YAML (numbers, lists, null...).
+    `objectives.NAME=null` removes that objective."""
     raw = copy.deepcopy(raw)
     for item in overrides:
         if "=" not in item:
@@ -115,7 +116,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node[p]
         if not all(parts):
             raise ConfigError(f"--set {item!r}: empty field name in {key!r}")
-        node[parts[-1]] = parse_yaml(value, f"--set {key}")
+        value = parse_yaml(value, f"--set {key}")
+        if value is None and parts[:-1] == ["objectives"]:
+            node.pop(parts[-1], None)  # `objectives.itm=null` drops an objective (a study cell swapping one)
+        else:
+            node[parts[-1]] = value
     return raw
 
 

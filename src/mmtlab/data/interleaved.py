@@ -43,7 +43,7 @@ from mmtlab.batches import DocumentBatch  # noqa: F401  (defined with the other 
 from mmtlab.data.pairs import BAD_IMAGE_ERRORS, load_image, to_float
 from mmtlab.data.tokenizer import TextTokenizer
 from mmtlab.data.video import is_clip, load_clip
-from mmtlab.io import atomic_write_text
+from mmtlab.io import atomic_write_json, atomic_write_text
 
 TASKS = ("caption", "vqa", "classify")
 IMAGE = "<image>"  # what the JSONL's image positions become in text renderings
@@ -164,6 +164,38 @@ def write_shards(docs: Sequence[Document], out: str | Path, per_shard: int = 500
         atomic_write_text(path, "\n".join(lines) + "\n")
         paths.append(path)
     return paths
+
+
+def build_interleaved(
+    out: str | Path, data: str | Path, docs: int = 20000, max_chunks: int = 8, split: str | None = None, seed: int = 0
+) -> dict:
+    """Documents from the build at `data` (emoji-scenes, or emoji-video's clips) written as shards
+    to `out` (`mmtlab data interleaved`, a study's `documents:`), with meta.json recording the
+    parameters; a folder already built with the same ones is reused, as emoji-scenes builds are."""
+    from mmtlab.config import DataConfig
+    from mmtlab.data.sources import load_split
+    from mmtlab.data.video import is_video_root
+
+    if docs < 1 or max_chunks < 1:
+        raise ValueError(f"docs and max_chunks must be at least 1 (got {docs}, {max_chunks})")
+    out = Path(out)
+    video = is_video_root(data)
+    split = split or ("train" if video else "pretrain")
+    params = {"data": str(data), "docs": docs, "max_chunks": max_chunks, "split": split, "seed": seed}
+    try:
+        meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = None
+    if meta is not None and meta.get("params") == params:
+        return {**meta, "skipped": True}
+    built = build_documents(load_split(DataConfig(root=str(data)), split), docs, max_chunks, seed)
+    for old in out.glob("docs-*.jsonl"):  # a rebuild with fewer shards must not keep stale ones
+        old.unlink()
+    shards = write_shards(built, out)
+    meta = {"params": params, "documents": len(built), "media": sum(len(d.images) for d in built),
+            "shards": len(shards), "video": video, "example": built[0].render()[:300]}  # fmt: skip
+    atomic_write_json(out / "meta.json", meta)  # last: its presence marks a complete build
+    return meta
 
 
 def shard_files(path: str | Path) -> list[Path]:

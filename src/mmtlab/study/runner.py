@@ -65,6 +65,7 @@ def run_study(
     sharing a run); the aggregate always covers every run finished on disk."""
     from mmtlab.config import ConfigError
     from mmtlab.data.emoji_scenes import build_emoji_scenes
+    from mmtlab.data.interleaved import build_interleaved
     from mmtlab.evaluate import EVALS
     from mmtlab.rundir import checkpoint_step, latest_checkpoint
     from mmtlab.train.loop import train
@@ -110,6 +111,8 @@ def run_study(
     shutil.copyfile(path, out / "study.yaml")
     for data_dir, kwargs in spec.data.items():
         build_emoji_scenes(data_dir, **kwargs)
+    for docs_dir, kwargs in spec.documents.items():
+        build_interleaved(docs_dir, **kwargs)
     for name, cfg in pretrain.items():
         ckpt = latest_checkpoint(pretrained[name])
         if ckpt is None or checkpoint_step(ckpt) < cfg.train.steps:
@@ -167,7 +170,11 @@ def metric_value(metrics: dict, name: str) -> float | None:
     language-for-vision numbers for a model without a masked-region head)."""
     ev, key = name.split(".", 1)
     value = metrics.get(ev, {}).get(key)
-    return None if value is None else float(value)
+    if value is None:  # a nested result, e.g. fewshot.classify.scores.8
+        value = metrics
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def aggregate(out: Path, spec: StudySpec, cells: list[Cell] | None = None, console: Console | None = None) -> dict:
@@ -246,8 +253,11 @@ def paired_differences(rows: list[dict], metrics: list[str], seeds: list[int]) -
     return out
 
 
-def _short(metric: str) -> str:
-    return metric.split(".", 1)[1]
+def short_names(metrics: list[str]) -> list[str]:
+    """Column names: each metric without its evaluation's name, unless two evaluations share the
+    rest (fewshot.classify.scores.8 and fewshot_blind.classify.scores.8 keep theirs)."""
+    rest = [m.split(".", 1)[1] for m in metrics]
+    return [r if rest.count(r) == 1 else m for m, r in zip(metrics, rest)]
 
 
 def format_mean_ci(v: dict | None, digits: int | None = None) -> str:
@@ -264,7 +274,7 @@ def format_mean_ci(v: dict | None, digits: int | None = None) -> str:
 
 def results_markdown(result: dict) -> str:
     axes, metrics = result["axes"], result["metrics"]
-    head = "| " + " | ".join([*axes, "seeds", *map(_short, metrics)]) + " |\n"
+    head = "| " + " | ".join([*axes, "seeds", *short_names(metrics)]) + " |\n"
     head += "|" + "---|" * (len(axes) + 1) + "---:|" * len(metrics) + "\n"
     body = ""
     for r in result["rows"]:
@@ -277,7 +287,7 @@ def results_markdown(result: dict) -> str:
     paired = result.get("paired") or []
     if paired:
         text += "\n## Paired differences (cell − baseline, seed by seed; mean ± 95% CI)\n\n"
-        text += "| cell | baseline | seeds | " + " | ".join(map(_short, metrics)) + " |\n"
+        text += "| cell | baseline | seeds | " + " | ".join(short_names(metrics)) + " |\n"
         text += "|---|---|---:|" + "---:|" * len(metrics) + "\n"
         for p in paired:
             cells = [format_mean_ci(p["metrics"].get(m)) for m in metrics]
@@ -292,8 +302,8 @@ def print_results(result: dict, console: Console) -> None:
     for a in result["axes"]:
         table.add_column(a)
     table.add_column("seeds", justify="right")
-    for m in result["metrics"]:
-        table.add_column(_short(m), justify="right")
+    for name in short_names(result["metrics"]):
+        table.add_column(name, justify="right")
     for r in result["rows"]:
         vals = [format_mean_ci(r["metrics"].get(m)) for m in result["metrics"]]
         table.add_row(*[r["cell"].get(a, "") for a in result["axes"]], str(r["seeds"]), *vals)
@@ -304,8 +314,8 @@ def print_results(result: dict, console: Console) -> None:
         table.add_column("cell")
         table.add_column("baseline")
         table.add_column("seeds", justify="right")
-        for m in result["metrics"]:
-            table.add_column(_short(m), justify="right")
+        for name in short_names(result["metrics"]):
+            table.add_column(name, justify="right")
         for p in paired:
             vals = [format_mean_ci(p["metrics"].get(m)) for m in result["metrics"]]
             table.add_row(p["name"], p["baseline"], str(p["seeds"]), *vals)

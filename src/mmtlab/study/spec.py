@@ -6,6 +6,8 @@ seeds: [0, 1, 2]
 set: [train.steps=300]                # overrides for every run
 data:                                 # emoji-scenes builds the study needs (built once, cached)
   data/emoji-scenes-alt: {pretrain_styles: {alt_text: 1.0}}
+documents:                            # interleaved documents (Flamingo), built after `data`, cached
+  data/docs: {data: data/emoji-scenes-alt, max_chunks: 16}
 axes:                                 # cartesian product; each value is a label -> overrides mapping
   layout:
     merged: {model.layout: merged}
@@ -51,6 +53,9 @@ class StudySpec(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     set: list[str] = Field(default_factory=list, description="overrides applied to every run")
     data: dict[str, dict[str, Any]] = Field(default_factory=dict, description="dataset dir -> build arguments")
+    documents: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="interleaved document dir -> build arguments (after `data`; cached)"
+    )
     axes: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     exclude: list[dict[str, str]] = Field(default_factory=list, description="axis->label combinations to skip")
     evals: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"retrieval": {"split": "test"}})
@@ -163,6 +168,7 @@ def check_calls(spec: StudySpec, study: Path) -> None:
     import inspect
 
     from mmtlab.data.emoji_scenes import build_emoji_scenes
+    from mmtlab.data.interleaved import build_interleaved
     from mmtlab.evaluate import EVALS
 
     unknown = [e for e in spec.evals if e not in EVALS]
@@ -170,6 +176,7 @@ def check_calls(spec: StudySpec, study: Path) -> None:
         raise ConfigError(f"{study}: evals {unknown} unknown; available: {', '.join(EVALS)}")
     calls = [(f"evals.{name}", EVALS[name], ("RUN_DIR",), params) for name, params in spec.evals.items()]
     calls += [(f"data.{d}", build_emoji_scenes, (d,), kw) for d, kw in spec.data.items()]
+    calls += [(f"documents.{d}", build_interleaved, (d,), kw) for d, kw in spec.documents.items()]
     for where, fn, args, params in calls:
         sig = inspect.signature(fn)
         fixed = {"progress"} if where.startswith("evals.") else set()  # the study passes it itself
