@@ -105,6 +105,21 @@ def test_paired_differences_pair_by_seed_not_by_position():
     assert p["metrics"]["m.x"]["mean"] == pytest.approx(2.0) and p["metrics"]["m.x"]["ci95"] == pytest.approx(0.0)
 
 
+def test_contrasts_within_a_cell_pair_its_two_metrics_seed_by_seed():
+    from mmtlab.study.runner import results_markdown, within_cell_contrasts
+
+    shots8 = {"values": [13.0, 9.0, 11.0], "seeds": [0, 1, 2]}
+    blind8 = {"values": [1.5, 2.0], "seeds": [0, 2]}  # seed 1's blind control has not run
+    rows = [{"name": "gates=open", "seeds": 3, "metrics": {"f.c8": shots8, "b.c8": blind8}},
+            {"name": "gates=closed", "seeds": 3, "metrics": {"f.c8": shots8}}]  # fmt: skip
+    (c,) = within_cell_contrasts(rows, ["f.c8 - b.c8"], [0, 1, 2])  # the closed row has nothing to pair
+    d = c["metrics"]["f.c8 - b.c8"]
+    assert c["name"] == "gates=open" and d["values"] == [11.5, 9.0] and d["seeds"] == [0, 2]
+    assert (d["mean"], d["ci95"]) == mean_ci95([11.5, 9.0])
+    result = {"study": "s", "axes": [], "metrics": ["f.c8", "b.c8"], "rows": [], "contrasts": [c]}
+    assert "| gates=open | 2 | 10.2 ± 15.9 |" in results_markdown(result)
+
+
 def test_paired_baseline_changes_only_the_first_axis():
     from mmtlab.study.runner import paired_differences
 
@@ -163,6 +178,7 @@ def test_study_runs_resumes_and_aggregates(tmp_path, tiny_data):
     spec = yaml.safe_load(path.read_text())
     spec["evals"]["mlm_like"] = {"split": "val", "examples": False}
     spec["metrics"].append("mlm_like.t2i_r1")
+    spec["contrasts"] = ["retrieval.t2i_r1 - mlm_like.t2i_r1"]  # the test split against the validation split
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     from mmtlab import evaluate as runs
 
@@ -177,6 +193,9 @@ def test_study_runs_resumes_and_aggregates(tmp_path, tiny_data):
     assert sorted((out / "runs" / "dual__low" / "seed_0" / "checkpoints").iterdir()) == ckpts
     result = json.loads((out / "results.json").read_text())
     assert result["rows"][0]["metrics"]["mlm_like.t2i_r1"]["values"]
+    test, val = (result["rows"][0]["metrics"][m]["values"] for m in ("retrieval.t2i_r1", "mlm_like.t2i_r1"))
+    contrast = result["contrasts"][0]["metrics"]["retrieval.t2i_r1 - mlm_like.t2i_r1"]
+    assert contrast["values"] == [a - b for a, b in zip(test, val)] and len(result["contrasts"]) == 3
     assert '<img src="data:image/png;base64,' in write_study_report(out).read_text()
 
 
@@ -213,6 +232,10 @@ def test_bad_study_fields(tmp_path, tiny_data):
     path = write_study(tmp_path, tiny_data, metrics=["caption.cider"])
     with pytest.raises(ConfigError, match="metrics"):
         load_study(path)
+    for bad in ["retrieval.t2i_r1 - retrieval.t2i_r5", "retrieval.t2i_r1-retrieval.i2t_r1"]:  # not a metric; no " - "
+        path = write_study(tmp_path, tiny_data, metrics=["retrieval.t2i_r1", "retrieval.i2t_r1"], contrasts=[bad])
+        with pytest.raises(ConfigError, match="contrasts: .* must be 'A - B'"):
+            load_study(path)
 
 
 def test_sigterm_during_a_run_stops_the_study_without_marking_the_run_done(tmp_path, tiny_data, monkeypatch):

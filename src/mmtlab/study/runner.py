@@ -25,6 +25,7 @@ from mmtlab.study.spec import (
     expand,
     load_study,
     pretrain_configs,
+    split_contrast,
     with_pretrained,
 )
 
@@ -201,6 +202,8 @@ def aggregate(out: Path, spec: StudySpec, cells: list[Cell] | None = None, conso
         rows.append(row)
     result = {"study": spec.name, "axes": list(spec.axes), "metrics": spec.metrics, "rows": rows}
     result["paired"] = paired_differences(rows, spec.metrics, spec.seeds)
+    if spec.contrasts:
+        result["contrasts"] = within_cell_contrasts(rows, spec.contrasts, spec.seeds)
     atomic_write_json(out / "results.json", result)
     atomic_write_text(out / "results.md", results_markdown(result))
     if console is not None:
@@ -235,21 +238,41 @@ def paired_differences(rows: list[dict], metrics: list[str], seeds: list[int]) -
         base = baseline_of(row)
         if base is None or base is row:
             continue
-        diffs = {}
-        for m in metrics:
-            a, b = base["metrics"].get(m), row["metrics"].get(m)
-            if not a or not b:
-                continue
-            x, y = dict(zip(a["seeds"], a["values"])), dict(zip(b["seeds"], b["values"]))
-            both = [s for s in seeds if s in x and s in y]
-            if both:
-                d = [y[s] - x[s] for s in both]
-                mean, ci = mean_ci95(d)
-                diffs[m] = {"mean": mean, "ci95": ci, "values": d, "seeds": both}
+        pairs = {m: _paired(row["metrics"].get(m), base["metrics"].get(m), seeds) for m in metrics}
+        diffs = {m: d for m, d in pairs.items() if d is not None}
         if not diffs:  # the baseline (or this cell) has not run yet
             continue
         n = max(len(v["seeds"]) for v in diffs.values())
         out.append({"name": row["name"], "baseline": base["name"], "seeds": n, "metrics": diffs})
+    return out
+
+
+def _paired(a: dict | None, b: dict | None, seeds: list[int]) -> dict | None:
+    """a − b seed by seed over the seeds both have: mean, 95% CI, the differences; None if none."""
+    if not a or not b:
+        return None
+    x, y = dict(zip(a["seeds"], a["values"])), dict(zip(b["seeds"], b["values"]))
+    both = [s for s in seeds if s in x and s in y]
+    if not both:
+        return None
+    d = [x[s] - y[s] for s in both]
+    mean, ci = mean_ci95(d)
+    return {"mean": mean, "ci95": ci, "values": d, "seeds": both}
+
+
+def within_cell_contrasts(rows: list[dict], contrasts: list[str], seeds: list[int]) -> list[dict]:
+    """Each contrast "A - B" of two metrics inside each cell, seed by seed (a model against its
+    blind control, 16 shots against 0): mean difference and 95% CI."""
+    out = []
+    for row in rows:
+        diffs = {}
+        for c in contrasts:
+            a, b = split_contrast(c)
+            if (d := _paired(row["metrics"].get(a), row["metrics"].get(b), seeds)) is not None:
+                diffs[c] = d
+        if diffs:
+            n = max(len(v["seeds"]) for v in diffs.values())
+            out.append({"name": row["name"], "seeds": n, "metrics": diffs})
     return out
 
 
@@ -292,6 +315,15 @@ def results_markdown(result: dict) -> str:
         for p in paired:
             cells = [format_mean_ci(p["metrics"].get(m)) for m in metrics]
             text += f"| {p['name']} | {p['baseline']} | {p['seeds']} | " + " | ".join(cells) + " |\n"
+    contrasts = result.get("contrasts") or []
+    if contrasts:
+        names = list(dict.fromkeys(c for r in contrasts for c in r["metrics"]))
+        text += "\n## Within each cell (A − B, seed by seed; mean ± 95% CI)\n\n"
+        text += "| cell | seeds | " + " | ".join(names) + " |\n"
+        text += "|---|---:|" + "---:|" * len(names) + "\n"
+        for r in contrasts:
+            cells = [format_mean_ci(r["metrics"].get(c)) for c in names]
+            text += f"| {r['name']} | {r['seeds']} | " + " | ".join(cells) + " |\n"
     return text
 
 

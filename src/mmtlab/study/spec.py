@@ -17,6 +17,7 @@ axes:                                 # cartesian product; each value is a label
 evals:
   retrieval: {split: test}
 metrics: [retrieval.t2i_r1, retrieval.i2t_r1]
+contrasts: ["retrieval.t2i_r1 - retrieval.i2t_r1"]   # within each cell, seed by seed
 pretrain:                             # runs trained once, before the grid; cells name one as {pretrain.NAME}
   d2v: {base: ../runs/data2vec-image-text.yaml, set: [train.steps=600]}
 # ... and then, e.g.:  axes: {init: {random: {}, data2vec: {train.init_from: "{pretrain.d2v}"}}}
@@ -63,6 +64,10 @@ class StudySpec(Strict):
         default_factory=lambda: [f"retrieval.{d}_r{k}" for d in ("t2i", "i2t") for k in (1, 5, 10)],
         description="eval.metric names shown in the table",
     )
+    contrasts: list[str] = Field(
+        default_factory=list,
+        description='within-cell differences "A - B" of two metrics, seed by seed (a model minus its control)',
+    )
     pretrain: dict[str, PretrainRun] = Field(
         default_factory=dict, description="runs trained before the grid, referred to as {pretrain.NAME} in overrides"
     )
@@ -90,12 +95,22 @@ class StudySpec(Strict):
         for m in self.metrics:
             if m.split(".", 1)[0] not in self.evals or "." not in m:
                 raise ValueError(f"metrics: {m!r} must be <eval>.<metric> with <eval> one of {list(self.evals)}")
+        for c in self.contrasts:
+            sides = split_contrast(c)
+            if sides is None or any(m not in self.metrics for m in sides):
+                raise ValueError(f"contrasts: {c!r} must be 'A - B' with A and B among the study's metrics")
         values = [*self.set, *(str(v) for labels in self.axes.values() for ov in labels.values() for v in ov.values())]
         values += [str(v) for params in self.evals.values() for v in params.values()]
         for name in {n for v in values for n in PRETRAIN_REF.findall(v)}:
             if name not in self.pretrain:
                 raise ValueError(f"{{pretrain.{name}}} is used but pretrain has no run {name!r}")
         return self
+
+
+def split_contrast(contrast: str) -> tuple[str, str] | None:
+    """'fewshot.classify.scores.8 - fewshot_blind.classify.scores.8' -> its two metrics."""
+    sides = contrast.split(" - ")
+    return (sides[0].strip(), sides[1].strip()) if len(sides) == 2 and all(x.strip() for x in sides) else None
 
 
 @dataclass(frozen=True)
