@@ -3,6 +3,7 @@ a weighted mixture, few-shot evaluation; and the interleaved readers on both pub
 
 import functools
 import json
+import math
 
 import pytest
 import yaml
@@ -118,6 +119,14 @@ def test_flamingo_pipeline_from_the_command_line(tiny_data, image_runs, tmp_path
     result = json.loads((run / "eval" / "fewshot.json").read_text())
     assert set(result["vqa"]["scores"]) == {"0", "2"}
     assert (run / "eval" / "fewshot.png").stat().st_size > 0
+
+    # eval gates reads the trained gates from the checkpoint: tanh of each, in block order
+    out = invoke("eval", "gates", run)
+    g = json.loads((run / "eval" / "gates.json").read_text())
+    blocks = sorted(k for k in flam if k.endswith("cross_gate"))
+    assert g["tanh"]["cross_gate"] == pytest.approx([math.tanh(float(flam[k])) for k in blocks], abs=1e-6)
+    assert g["cross_mean_abs"] == pytest.approx(sum(abs(v) for v in g["tanh"]["cross_gate"]) / len(blocks))
+    assert "mean |tanh|" in out
     model = mmtlab.load(run)
     assert model.num_params(trainable_only=True) < model.num_params()
     from mmtlab.eval.runs import EvalError, eval_probe

@@ -26,6 +26,8 @@ def test_table_cells_keep_small_effects_visible():
     assert format_mean_ci({"mean": -0.02, "ci95": None}) == "-0.02"  # not "-0.0"
     assert format_mean_ci({"mean": 0.5, "ci95": 0.1}, 1) == "0.5 ± 0.1"
     assert format_mean_ci(None) == "–"
+    assert format_mean_ci({"mean": 1.0483, "ci95": 0.0051}) == "1.048 ± 0.005"  # not "1.0 ± 0.0"
+    assert format_mean_ci({"mean": 21.5, "ci95": 0.0}) == "21.5 ± 0.0"  # identical seeds: an honest zero
 
 
 def write_study(tmp_path, data, **extra):

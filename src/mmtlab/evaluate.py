@@ -1,7 +1,7 @@
 """Evaluations of a run directory by name: what `mmtlab eval NAME` and a study's `evals:` call.
 
 Each writes RUN_DIR/eval/<name>.json and returns its metrics. The runners live with their layer:
-eval/runs.py (retrieval, mlm, caption, vqa, probe, fewshot, zeroshot), diagnostics/runs.py (the cross-modal
+eval/runs.py (retrieval, mlm, caption, vqa, probe, fewshot, gates, zeroshot), diagnostics/runs.py (the cross-modal
 ablation), eval/detect.py; VQA and detection may first fine-tune the run (train/finetune.py,
 train/detect.py), which is why the registry sits
 above all three. A family lists the names that apply to it (mmtlab/families.py: `evals`).
@@ -75,6 +75,7 @@ EVALS: dict[str, Callable[..., dict]] = {
     "probe": runs.eval_probe,
     "fewshot": runs.eval_fewshot,
     "fewshot_blind": eval_fewshot_blind,
+    "gates": runs.eval_gates,
     "ablation": eval_ablation,
     "zeroshot": runs.eval_zeroshot,
     "detect": eval_detect,

@@ -133,7 +133,7 @@ FAMILIES: dict[str, Family] = {
         fields=("flamingo",),
         complete="mmtlab.models.flamingo:with_frozen_parts",
         load_pretrained="mmtlab.models.flamingo:load_frozen_runs",
-        evals=("fewshot",),
+        evals=("fewshot", "gates"),
     ),
 }
 

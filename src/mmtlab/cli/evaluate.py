@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -242,6 +243,26 @@ def caption(
     start = 1 if ids is None else ids.shape[1]
     for path, text in zip(image, decode_continuations(model.tokenizer, out, start)):
         console.print(f"{path}: [bold]{text}[/]", highlight=False)
+
+
+@eval_app.command("gates")
+def eval_gates(run_dir: Annotated[Path, typer.Argument(help="a trained Flamingo run (model.arch flamingo)")]):
+    """Flamingo's tanh gates, layer by layer: how far each gated cross-attention and feed-forward
+    block lets the images into the frozen LM (0: not at all) -> RUN_DIR/eval/gates.json."""
+    from mmtlab.eval.runs import eval_gates as run_gates
+
+    r = run_gates(run_dir)
+    init = r["gate_init"]
+    table = Table(title=f"tanh(gate) by gated block (initialised at {init}: tanh {math.tanh(init):.2f})")
+    table.add_column("gate")
+    for i in range(len(r["tanh"]["cross_gate"])):
+        table.add_column(f"block {i}", justify="right")
+    table.add_column("mean |tanh|", justify="right")
+    for kind, values in r["tanh"].items():
+        mean = r[f"{kind.removesuffix('_gate')}_mean_abs"]
+        table.add_row(kind, *(f"{v:+.3f}" for v in values), f"{mean:.3f}")
+    console.print(table)
+    console.print(f"wrote {run_dir / 'eval' / 'gates.json'}")
 
 
 @eval_app.command("probe")

@@ -221,6 +221,20 @@ def eval_caption(
     return result
 
 
+def eval_gates(run_dir: Path, progress: bool = True) -> dict:
+    """Flamingo's tanh gates after training -> RUN_DIR/eval/gates.json: each gated block's
+    cross-attention and feed-forward gate in layer order, and their mean |tanh| (0 = images unread)."""
+    run_dir = Path(run_dir)
+    model, cfg = load_run(run_dir)
+    require_eval(cfg, "gates", run_dir)
+    values = model.gate_values()
+    result = {"gate_init": cfg.model.flamingo.gate_init, "tanh": values}
+    for kind, v in values.items():
+        result[f"{kind.removesuffix('_gate')}_mean_abs"] = sum(map(abs, v)) / max(len(v), 1)
+    atomic_write_json(run_dir / "eval" / "gates.json", result)
+    return result
+
+
 def eval_fewshot(
     run_dir: Path,
     split: str = "test",

@@ -251,6 +251,17 @@ class Flamingo(ModelBase):
         )
 
     @torch.no_grad()
+    def gate_values(self) -> dict[str, list[float]]:
+        """tanh of each gate, by kind ("cross_gate", "mlp_gate"), in layer order: how far each
+        gated block lets the images into the frozen LM (0: not at all)."""
+        out: dict[str, list[float]] = {"cross_gate": [], "mlp_gate": []}
+        for name, p in self.named_parameters():
+            kind = name.rsplit(".", 1)[-1]
+            if kind in out:
+                out[kind] += torch.tanh(p.float()).flatten().tolist()
+        return out
+
+    @torch.no_grad()
     def close_gates(self) -> None:
         """Every tanh gate to 0: the frozen LM with the <image> embedding (the no-vision control)."""
         for name, p in self.named_parameters():

@@ -285,11 +285,14 @@ def short_names(metrics: list[str]) -> list[str]:
 
 def format_mean_ci(v: dict | None, digits: int | None = None) -> str:
     """The mean ± CI of an aggregated metric; just the mean for one seed; "–" when missing.
-    Default digits: 1, or 2 for values under 1 (bits of an ablation effect, not "0.0" / "-0.0")."""
+    Default digits: 1, or 2 for values under 1 (bits of an ablation effect, not "0.0" / "-0.0"),
+    and up to 3 where the interval would otherwise print as "± 0.0"."""
     if not v:
         return "–"
     if digits is None:
         digits = 1 if abs(v["mean"]) >= 1 else 2
+        if v["ci95"] and v["ci95"] < 10**-digits:  # a tight interval keeps its first digit (a loss of 1.048 ± 0.005)
+            digits = min(3, -math.floor(math.log10(v["ci95"])))
     if v["ci95"] is None:
         return f"{v['mean']:.{digits}f}"
     return f"{v['mean']:.{digits}f} ± {v['ci95']:.{digits}f}"
