@@ -82,7 +82,10 @@ def study(
     """Train and evaluate a grid of runs x seeds (resumable: rerun to continue), then print one table
     of mean ± 95% CI with each cell's paired difference from its baseline (the same cell with one
     axis set back to its first label: one factor at a time), and write results.json, results.md and
-    report.html."""
+    report.html. A study file names its base run config, seeds, axes of overrides, the data and
+    interleaved documents to build, runs to pretrain once ({pretrain.NAME}), the evaluations, the
+    metrics (nested values too: fewshot.classify.scores.8) and within-cell contrasts ("A - B");
+    the format is in mmtlab/study/spec.py, examples in configs/studies/."""
     from mmtlab.study import run_study
     from mmtlab.study.report import write_study_report
     from mmtlab.study.runner import StudyStopped
