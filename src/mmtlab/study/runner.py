@@ -298,35 +298,31 @@ def format_mean_ci(v: dict | None, digits: int | None = None) -> str:
     return f"{v['mean']:.{digits}f} ± {v['ci95']:.{digits}f}"
 
 
+def _markdown_table(head: list[str], rows: list[list[str]], left: int) -> str:
+    """A Markdown table whose first `left` columns align left and the rest right (the numbers)."""
+    text = "| " + " | ".join(head) + " |\n"
+    text += "|" + "---|" * left + "---:|" * (len(head) - left) + "\n"
+    return text + "".join("| " + " | ".join(row) + " |\n" for row in rows)
+
+
 def results_markdown(result: dict) -> str:
     axes, metrics = result["axes"], result["metrics"]
-    head = "| " + " | ".join([*axes, "seeds", *short_names(metrics)]) + " |\n"
-    head += "|" + "---|" * (len(axes) + 1) + "---:|" * len(metrics) + "\n"
-    body = ""
-    for r in result["rows"]:
-        cells = [r["cell"].get(a, "") for a in axes] + [str(r["seeds"])]
-        for m in metrics:
-            v = r["metrics"].get(m)
-            cells.append(format_mean_ci(v))
-        body += "| " + " | ".join(cells) + " |\n"
-    text = f"# Study {result['study']}\n\nmean ± 95% CI over seeds\n\n" + head + body
+    rows = [[r["cell"].get(a, "") for a in axes] + [str(r["seeds"])] +
+            [format_mean_ci(r["metrics"].get(m)) for m in metrics] for r in result["rows"]]  # fmt: skip
+    text = f"# Study {result['study']}\n\nmean ± 95% CI over seeds\n\n"
+    text += _markdown_table([*axes, "seeds", *short_names(metrics)], rows, left=len(axes) + 1)
     paired = result.get("paired") or []
     if paired:
         text += "\n## Paired differences (cell − baseline, seed by seed; mean ± 95% CI)\n\n"
-        text += "| cell | baseline | seeds | " + " | ".join(short_names(metrics)) + " |\n"
-        text += "|---|---|---:|" + "---:|" * len(metrics) + "\n"
-        for p in paired:
-            cells = [format_mean_ci(p["metrics"].get(m)) for m in metrics]
-            text += f"| {p['name']} | {p['baseline']} | {p['seeds']} | " + " | ".join(cells) + " |\n"
+        rows = [[p["name"], p["baseline"], str(p["seeds"])] + [format_mean_ci(p["metrics"].get(m)) for m in metrics]
+                for p in paired]  # fmt: skip
+        text += _markdown_table(["cell", "baseline", "seeds", *short_names(metrics)], rows, left=2)
     contrasts = result.get("contrasts") or []
     if contrasts:
         names = list(dict.fromkeys(c for r in contrasts for c in r["metrics"]))
         text += "\n## Within each cell (A − B, seed by seed; mean ± 95% CI)\n\n"
-        text += "| cell | seeds | " + " | ".join(names) + " |\n"
-        text += "|---|---:|" + "---:|" * len(names) + "\n"
-        for r in contrasts:
-            cells = [format_mean_ci(r["metrics"].get(c)) for c in names]
-            text += f"| {r['name']} | {r['seeds']} | " + " | ".join(cells) + " |\n"
+        rows = [[r["name"], str(r["seeds"])] + [format_mean_ci(r["metrics"].get(c)) for c in names] for r in contrasts]
+        text += _markdown_table(["cell", "seeds", *names], rows, left=1)
     return text
 
 
