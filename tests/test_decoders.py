@@ -64,6 +64,9 @@ def test_mammut_layout_cross_attention_every_second_text_layer():
     assert all(s.causal_text for s in specs[2:]) and all("text" not in s.attend for s in specs[:2])
     every_third = build_layout("mammut", 6, vision_depth=2, cross_every=3)
     assert [s.cross_attention is not None for s in every_third[2:]] == [False, False, True] * 2
+    assert all(s.cross_attention is None for s in build_layout("mammut", 6, vision_depth=2, cross_every=0))
+    with pytest.raises(ValueError, match="cross_every >= 0"):
+        build_layout("mammut", 6, cross_every=-1)
 
 
 def test_coca_and_dual_captioner_layouts():
@@ -134,6 +137,23 @@ def test_contrastive_pass_never_sees_the_image_but_the_generative_pass_does(arch
     other = StepContext(model, Batch(torch.randn_like(b.images), b.tokens, b.text_mask, b.image_index), step.generator)
     assert torch.equal(other.embeddings[1], text_emb)
     assert not torch.allclose(other.embeddings[0], image_emb)
+
+
+def test_mammut_without_cross_attention_captions_blind():
+    """cross_every=0 (the cross-attention ablation's "none"): the captioning pass cannot see the
+    image, so its loss sends exactly zero gradient to the pixels and the ViT."""
+    model = tiny("mammut", layout_args={"vision_depth": 2, "cross_every": 0})
+    b = batch()
+    b.images.requires_grad_(True)
+    step = StepContext(model, b, torch.Generator().manual_seed(0))
+    caption = step.caption.logits
+    (caption * torch.randn_like(caption)).sum().backward()
+    assert b.images.grad is None or torch.count_nonzero(b.images.grad) == 0
+    other = StepContext(model, Batch(torch.randn_like(b.images), b.tokens, b.text_mask, b.image_index), step.generator)
+    assert torch.equal(other.caption.logits, caption)
+    with torch.no_grad():
+        cached, full = (model.generate(b.images, use_cache=c) for c in (True, False))
+        assert torch.equal(cached, full) and torch.equal(model.generate(torch.randn_like(b.images)), cached)
 
 
 def test_mammut_contrastive_pass_is_bidirectional_and_generative_pass_is_not():

@@ -151,16 +151,17 @@ def vision_tower(depth: int) -> list[LayerSpec]:
 
 def mammut(depth: int, vision_depth: int = 4, cross_every: int = 2) -> list[LayerSpec]:
     """MaMMUT (Kuo et al. 2023): a ViT, then ONE text decoder of `depth` causal layers with
-    cross-attention to the image tokens in every `cross_every`-th layer (M ~ N/2 by default).
+    cross-attention to the image tokens in every `cross_every`-th layer (M ~ N/2 by default;
+    cross_every=0: none, the paper's ablation control, whose captioning pass is a blind LM).
     The contrastive pass runs the same text layers bidirectionally with cross-attention switched
     off; the generative pass runs them as written here (models/mammut.py)."""
-    if cross_every < 1:
-        raise ValueError(f"mammut layout needs cross_every >= 1, got {cross_every}")
+    if cross_every < 0:
+        raise ValueError(f"mammut layout needs cross_every >= 0 (0: no cross-attention), got {cross_every}")
     text = [
         LayerSpec(
             attend={TEXT: (TEXT,)},
             causal_text=True,
-            cross_attention="plain" if i % cross_every == cross_every - 1 else None,
+            cross_attention="plain" if cross_every and i % cross_every == cross_every - 1 else None,
             group="text",
         )
         for i in range(depth)
