@@ -238,6 +238,11 @@ def test_bad_study_fields(tmp_path, tiny_data):
         path = write_study(tmp_path, tiny_data, metrics=["retrieval.t2i_r1", "retrieval.i2t_r1"], contrasts=[bad])
         with pytest.raises(ConfigError, match="contrasts: .* must be 'A - B'"):
             load_study(path)
+    # a cell's mapping would replace the section that `set` wrote into, dropping train.threads silently
+    axes = {"steps": {"more": {"train": {"steps": 4}}}}
+    path = write_study(tmp_path, tiny_data, axes=axes, exclude=[], set=["train.threads=1"])
+    with pytest.raises(ConfigError, match=r"axes\.steps\.more: train: .* dropping set: train\.threads=1"):
+        load_study(path)
 
 
 def test_sigterm_during_a_run_stops_the_study_without_marking_the_run_done(tmp_path, tiny_data, monkeypatch):

@@ -82,9 +82,17 @@ class StudySpec(Strict):
         for axis, labels in self.axes.items():
             if not labels:
                 raise ValueError(f"axes.{axis}: needs at least one label")
-            for label in labels:
+            for label, overrides in labels.items():
                 if _dir_part(label) in ("", ".", ".."):
                     raise ValueError(f"axes.{axis}: label {label!r} cannot name a run directory")
+                # A mapping replaces its whole section, so it would silently drop what `set` put there.
+                for key, value in overrides.items():
+                    dropped = [o for o in self.set if isinstance(value, dict) and o.startswith(f"{key}.")]
+                    if dropped:
+                        raise ValueError(
+                            f"axes.{axis}.{label}: {key}: {{...}} replaces the whole {key!r} section, dropping "
+                            f"set: {', '.join(dropped)}; write dotted keys ({key}.NAME: value) instead"
+                        )
         for name in self.pretrain:
             if not _is_plain_name(name) or not PRETRAIN_REF.fullmatch(f"{{pretrain.{name}}}"):
                 raise ValueError(f"pretrain: run name {name!r} must be letters, digits, '_', '.' or '-' (not . or ..)")
