@@ -86,9 +86,8 @@ class StudySpec(Strict):
                 if _dir_part(label) in ("", ".", ".."):
                     raise ValueError(f"axes.{axis}: label {label!r} cannot name a run directory")
                 # A mapping replaces its whole section, so it would silently drop what `set` put there.
-                for key, value in overrides.items():
-                    dropped = [o for o in self.set if isinstance(value, dict) and o.startswith(f"{key}.")]
-                    if dropped:
+                for key in (k for k, v in overrides.items() if isinstance(v, dict)):
+                    if dropped := [o for o in self.set if o.startswith(f"{key}.")]:
                         raise ValueError(
                             f"axes.{axis}.{label}: {key}: {{...}} replaces the whole {key!r} section, dropping "
                             f"set: {', '.join(dropped)}; write dotted keys ({key}.NAME: value) instead"
